@@ -1,0 +1,322 @@
+"""Configuration: one TOML file plus `WATCHER_<SECTION>_<KEY>` overrides, checked once at start.
+
+Everything is converted into frozen dataclasses here; every error names the key and the file.
+Secrets are never values in the config: only `*_file` paths, read at each use by `read_secret`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+from urllib.parse import urlsplit
+
+from watcher.config_values import convert, from_env, parse_duration
+from watcher.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+DEFAULT_PATH = "/etc/watcher/watcher.toml"
+
+__all__ = ["Config", "load", "parse_duration", "read_secret", "resolve_path"]
+
+
+def _dur(default: float) -> Any:
+    return field(default=default, metadata={"duration": True})
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    name: str
+    root: Path
+    keep_releases: int = 5
+
+
+@dataclass(frozen=True)
+class GitConfig:
+    remote: str
+    branch: str = "main"
+    ssh_key_file: str = ""
+    known_hosts_file: str = ""
+    token_file: str = ""
+    token_username: str = "x-access-token"  # noqa: S105 - a user name, not a secret
+    interval: float = _dur(60.0)
+    timeout: float = _dur(60.0)
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    python: str = "python3"
+    requirements: tuple[str, ...] = ("requirements.txt",)
+    pip_args: tuple[str, ...] = ()
+    shared: tuple[str, ...] = ()
+    timeout: float = _dur(900.0)
+
+
+@dataclass(frozen=True)
+class DjangoConfig:
+    manage: str = "manage.py"
+    settings: str = ""
+    migrate: str = "auto"
+    collectstatic: str = "auto"
+    check_deploy: bool = False
+    timeout: float = _dur(600.0)
+
+
+@dataclass(frozen=True)
+class HooksConfig:
+    pre_switch: tuple[tuple[str, ...], ...] = ()
+    post_switch: tuple[tuple[str, ...], ...] = ()
+    timeout: float = _dur(300.0)
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    url: str = "unix:///run/supervisor.sock"
+    username: str = ""
+    password_file: str = ""
+    programs: tuple[str, ...] = ()
+    reload: str = "auto"
+    timeout: float = _dur(10.0)
+    start_timeout: float = _dur(60.0)
+
+
+@dataclass(frozen=True)
+class BlueGreenConfig:
+    programs: tuple[str, ...] = ()
+    health_urls: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    url: str = ""
+    expect_revision: bool = True
+    timeout: float = _dur(30.0)
+    interval: float = _dur(0.5)
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    url: str = ""
+    token_file: str = ""
+    format: str = "json"
+    timeout: float = _dur(5.0)
+    budget: float = _dur(15.0)
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    listen: str = "127.0.0.1:9090"
+    secret_file: str = ""
+
+
+@dataclass(frozen=True)
+class EmailConfig:
+    smtp_url: str = ""
+    api_url: str = ""
+    username: str = ""
+    password_file: str = ""
+    sender: str = "watcher@example.com"
+    to: tuple[str, ...] = ()
+    on: tuple[str, ...] = ("failed", "rolled_back", "rollback_failed")
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    app: AppConfig
+    git: GitConfig
+    build: BuildConfig = BuildConfig()
+    django: DjangoConfig = DjangoConfig()
+    hooks: HooksConfig = HooksConfig()
+    supervisor: SupervisorConfig = SupervisorConfig()
+    bluegreen: BlueGreenConfig | None = None
+    health: HealthConfig = HealthConfig()
+    report: ReportConfig = ReportConfig()
+    webhook: WebhookConfig = WebhookConfig()
+    email: EmailConfig | None = None
+
+    @property
+    def state_dir(self) -> Path:
+        return self.app.root / ".watcher"
+
+
+# TOML section name -> (Config attribute, dataclass, optional section)
+SECTIONS: dict[str, tuple[str, type, bool]] = {
+    "app": ("app", AppConfig, False),
+    "git": ("git", GitConfig, False),
+    "build": ("build", BuildConfig, False),
+    "django": ("django", DjangoConfig, False),
+    "hooks": ("hooks", HooksConfig, False),
+    "supervisor": ("supervisor", SupervisorConfig, False),
+    "bluegreen": ("bluegreen", BlueGreenConfig, True),
+    "health": ("health", HealthConfig, False),
+    "report": ("report", ReportConfig, False),
+    "webhook": ("webhook", WebhookConfig, False),
+    "notify.email": ("email", EmailConfig, True),
+}
+
+_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("django", "migrate"): ("auto", "always", "never"),
+    ("django", "collectstatic"): ("auto", "always", "never"),
+    ("supervisor", "reload"): ("auto", "hup", "restart", "bluegreen"),
+    ("report", "format"): ("json", "slack", "betterstack", "datadog"),
+}
+
+
+def config_path(cli_path: str | None, environ: Mapping[str, str] | None = None) -> Path:
+    """`--config PATH`, else `$WATCHER_CONFIG`, else /etc/watcher/watcher.toml."""
+    env = os.environ if environ is None else environ
+    return Path(cli_path or env.get("WATCHER_CONFIG") or DEFAULT_PATH)
+
+
+def load(path: Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, override from the environment and check the whole config; raise ConfigError."""
+    env = os.environ if environ is None else environ
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except PermissionError:
+        raise ConfigError(f"config file not readable: {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return build(_flatten(raw, path), path, env)
+
+
+def _flatten(raw: dict[str, Any], path: Path) -> dict[str, dict[str, Any]]:
+    """TOML tables -> {section: {key: value}}; `[notify.email]` becomes "notify.email"."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, table in raw.items():
+        if name == "notify" and isinstance(table, dict):
+            for sub, subtable in table.items():
+                out[f"notify.{sub}"] = subtable
+        else:
+            out[name] = table
+    for name, table in out.items():
+        if name not in SECTIONS:
+            raise ConfigError(f"{path}: unknown section [{name}]")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: [{name}] must be a table")
+    return out
+
+
+def _env_overrides(
+    sections: dict[str, dict[str, Any]], path: Path, env: Mapping[str, str]
+) -> None:
+    by_prefix = {
+        "WATCHER_" + name.replace(".", "_").upper() + "_": name for name in SECTIONS
+    }
+    for var, value in env.items():
+        if not var.startswith("WATCHER_") or var == "WATCHER_CONFIG":
+            continue
+        # Longest prefix first so WATCHER_NOTIFY_EMAIL_X is not read as section "notify".
+        for prefix in sorted(by_prefix, key=len, reverse=True):
+            if var.startswith(prefix):
+                section = by_prefix[prefix]
+                key = var[len(prefix):].lower()
+                cls = SECTIONS[section][1]
+                names = {f.name for f in dataclasses.fields(cls)}
+                if key not in names:
+                    raise ConfigError(f"environment: {var} names no key of [{section}]")
+                sections.setdefault(section, {})[key] = from_env(value)
+                break
+        else:
+            raise ConfigError(f"environment: {var} names no config section")
+    del path
+
+
+def build(
+    sections: dict[str, dict[str, Any]], path: Path, env: Mapping[str, str]
+) -> Config:
+    _env_overrides(sections, path, env)
+    values: dict[str, Any] = {"path": path}
+    for name, (attr, cls, optional) in SECTIONS.items():
+        table = sections.get(name)
+        if table is None and optional:
+            values[attr] = None
+            continue
+        values[attr] = _section(cls, name, table or {}, path)
+    cfg = Config(**values)
+    _check(cfg)
+    return cfg
+
+
+def _section(cls: type, name: str, table: dict[str, Any], path: Path) -> Any:
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in table:
+        if key not in fields:
+            raise ConfigError(f"{path}: unknown key {name}.{key}")
+    kwargs: dict[str, Any] = {}
+    for fname, f in fields.items():
+        where = f"{path}: {name}.{fname}"
+        if fname not in table:
+            no_default = f.default is dataclasses.MISSING
+            if no_default and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{path}: missing required key {name}.{fname}")
+            continue
+        kwargs[fname] = convert(table[fname], hints[fname], where, bool(f.metadata.get("duration")))
+        choices = _CHOICES.get((name, fname))
+        if choices and kwargs[fname] not in choices:
+            raise ConfigError(f"{where} must be one of {', '.join(choices)}")
+    return cls(**kwargs)
+
+
+def _check(cfg: Config) -> None:
+    p = cfg.path
+    if not cfg.app.root.is_absolute():
+        raise ConfigError(f"{p}: app.root must be an absolute path")
+    if cfg.app.keep_releases < 2:
+        raise ConfigError(f"{p}: app.keep_releases must be at least 2 (live and previous)")
+    if not cfg.app.name:
+        raise ConfigError(f"{p}: app.name must not be empty")
+    if not cfg.git.remote:
+        raise ConfigError(f"{p}: git.remote must not be empty")
+    parts = urlsplit(cfg.git.remote)
+    if parts.scheme in ("http", "https") and (parts.password or parts.username):
+        raise ConfigError(
+            f"{p}: git.remote must not carry credentials; put the token in git.token_file"
+        )
+    if not cfg.git.branch:
+        raise ConfigError(f"{p}: git.branch must not be empty")
+    scheme = urlsplit(cfg.supervisor.url).scheme
+    if scheme not in ("unix", "http", "https"):
+        raise ConfigError(f"{p}: supervisor.url must start with unix:// or http://")
+    if cfg.git.interval <= 0:
+        raise ConfigError(f"{p}: git.interval must be positive")
+    bg = cfg.bluegreen
+    if bg is not None and (len(bg.programs) != 2 or len(bg.health_urls) != 2):
+        raise ConfigError(
+            f"{p}: bluegreen.programs and bluegreen.health_urls need two entries each"
+        )
+    if cfg.supervisor.reload == "bluegreen" and bg is None:
+        raise ConfigError(f"{p}: supervisor.reload = \"bluegreen\" needs a [bluegreen] section")
+    if not cfg.supervisor.programs and bg is None:
+        raise ConfigError(f"{p}: supervisor.programs is empty and there is no [bluegreen] section")
+    for rel in (*cfg.build.requirements, *cfg.build.shared, cfg.django.manage):
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            raise ConfigError(f"{p}: {rel!r} must be a path inside the release")
+
+
+def read_secret(path: str, key: str) -> str:
+    """Read a `*_file` secret at the moment of use, so rotation needs no restart."""
+    if not path:
+        return ""
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot read {path}: {exc.strerror}") from None
+
+
+def resolve_path(cfg: Config, rel: str) -> Path:
+    """A path given relative to the config file's folder, or absolute."""
+    p = Path(rel)
+    return p if p.is_absolute() else (cfg.path.parent / p)

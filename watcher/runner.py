@@ -1,0 +1,147 @@
+"""Every subprocess goes through here: argv lists, a timeout, the output's tail kept, secrets
+scrubbed before anything is logged or reported. Long steps log a progress line now and then."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from watcher.errors import StepFailed
+from watcher.log import scrub
+
+TAIL_LINES = 60
+TAIL_CHARS = 4000
+PROGRESS_EVERY = 10.0
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class Result:
+    argv: tuple[str, ...]
+    returncode: int
+    output: str  # the scrubbed tail of stdout and stderr together
+    duration_s: float
+    timed_out: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and not self.timed_out
+
+
+def tail(text: str) -> str:
+    lines = text.splitlines()[-TAIL_LINES:]
+    return "\n".join(lines)[-TAIL_CHARS:]
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    step: str,
+    timeout: float,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    stdout_path: Path | None = None,
+    check: bool = True,
+) -> Result:
+    """Run argv; raise StepFailed on a non-zero exit or a timeout when `check`.
+
+    The child runs in its own session so a timeout kills its whole group (pip's builds,
+    manage.py's threads) and nothing is left behind. With `stdout_path`, stdout goes to that
+    file and only stderr is kept as output.
+    """
+    argv = tuple(str(a) for a in argv)
+    started = time.monotonic()
+    lines: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+    out_file = stdout_path.open("wb") if stdout_path else None
+    try:
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=dict(env) if env is not None else None,
+            stdin=subprocess.DEVNULL,
+            stdout=out_file if out_file else subprocess.PIPE,
+            stderr=subprocess.PIPE if out_file else subprocess.STDOUT,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        if out_file:
+            out_file.close()
+        raise StepFailed(step, f"cannot run {argv[0]}: {exc.strerror}") from None
+    stream = proc.stderr if out_file else proc.stdout
+    if stream is None:  # pragma: no cover - Popen always gives a pipe here
+        raise RuntimeError("no output pipe")
+    reader = threading.Thread(target=_read_lines, args=(stream, lines), daemon=True)
+    reader.start()
+    timed_out = False
+    deadline = started + timeout
+    next_progress = started + PROGRESS_EVERY
+    try:
+        while True:
+            now = time.monotonic()
+            try:
+                proc.wait(timeout=max(0.0, min(deadline, next_progress) - now))
+                break
+            except subprocess.TimeoutExpired:
+                now = time.monotonic()
+                if now >= deadline:
+                    timed_out = True
+                    _kill_group(proc)
+                    break
+                last = scrub(lines[-1]) if lines else ""
+                log.info("step.progress", step=step, elapsed_s=round(now - started, 1), last=last)
+                next_progress = now + PROGRESS_EVERY
+    finally:
+        if proc.poll() is None:  # an exception (KeyboardInterrupt) while waiting
+            _kill_group(proc)
+        reader.join(timeout=5)
+        stream.close()
+        if out_file:
+            out_file.close()
+    result = Result(
+        argv=argv,
+        returncode=proc.returncode,
+        output=scrub(tail("\n".join(lines))),
+        duration_s=time.monotonic() - started,
+        timed_out=timed_out,
+    )
+    if check and not result.ok:
+        raise failure(step, result, timeout)
+    return result
+
+
+def failure(step: str, result: Result, timeout: float) -> StepFailed:
+    name = Path(result.argv[0]).name
+    if result.timed_out:
+        message = f"{name} timed out after {timeout:g}s"
+    else:
+        message = f"{name} exited with status {result.returncode}"
+    return StepFailed(step, message, result.output)
+
+
+def _read_lines(stream: object, lines: collections.deque[str]) -> None:
+    for raw in iter(stream.readline, b""):  # type: ignore[attr-defined]
+        lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for children: ours without watcher's own variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHER_")}
+    env.update(extra or {})
+    return env
