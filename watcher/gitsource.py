@@ -1,0 +1,176 @@
+"""Git: remote head by ls-remote, the bare mirror, exports, changed paths and commit lists.
+
+All git commands go through the runner with a timeout and a prompt-free environment. GitPython
+is used only to read commit metadata, and each Repo is closed after use: it keeps `git
+cat-file` helpers alive otherwise, which leaks processes in a long-running daemon.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import re
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import git
+import structlog
+
+from watcher.config import GitConfig, read_secret
+from watcher.errors import GitError, RemoteUnreachable, StepFailed
+from watcher.log import register_secret, scrub
+from watcher.report import Commit
+from watcher.runner import clean_env, run
+
+log = structlog.get_logger()
+SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+TRACKING = "refs/watcher/"
+
+
+class GitSource:
+    def __init__(self, cfg: GitConfig, mirror: Path) -> None:
+        self.cfg = cfg
+        self.mirror = mirror
+
+    # -- environment -------------------------------------------------------------------
+    def env(self) -> dict[str, str]:
+        """No prompts ever; the deploy key and known_hosts for ssh; the token as a header."""
+        env = clean_env({"GIT_TERMINAL_PROMPT": "0", "GCM_INTERACTIVE": "never"})
+        env.pop("GIT_ASKPASS", None)
+        env.pop("SSH_ASKPASS", None)
+        ssh = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=15"]
+        if self.cfg.ssh_key_file:
+            ssh += ["-i", self.cfg.ssh_key_file, "-o", "IdentitiesOnly=yes"]
+        if self.cfg.known_hosts_file:
+            ssh += [
+                "-o", "StrictHostKeyChecking=yes",
+                "-o", f"UserKnownHostsFile={self.cfg.known_hosts_file}",
+            ]
+        env["GIT_SSH_COMMAND"] = " ".join(_quote(a) for a in ssh)
+        token = read_secret(self.cfg.token_file, "git.token_file")
+        if token:
+            # Passed through GIT_CONFIG_* variables, not argv: other users cannot read
+            # another process's environment, but they can read its command line.
+            register_secret(token)
+            basic = base64.b64encode(f"{self.cfg.token_username}:{token}".encode()).decode()
+            register_secret(basic)
+            env["GIT_CONFIG_COUNT"] = "1"
+            env["GIT_CONFIG_KEY_0"] = "http.extraHeader"
+            env["GIT_CONFIG_VALUE_0"] = f"Authorization: Basic {basic}"
+        return env
+
+    def _git(self, *args: str, step: str, timeout: float | None = None,
+             check: bool = True, stdout_path: Path | None = None) -> str:
+        result = run(
+            ["git", *args], step=step, timeout=timeout or self.cfg.timeout,
+            env=self.env(), check=check, stdout_path=stdout_path,
+        )
+        return result.output
+
+    # -- remote ------------------------------------------------------------------------
+    def remote_head(self) -> str:
+        """The branch's sha on the remote, by ls-remote: no objects are fetched."""
+        ref = f"refs/heads/{self.cfg.branch}"
+        try:
+            out = self._git("ls-remote", "--", self.cfg.remote, ref, step="resolve")
+        except StepFailed as exc:
+            raise RemoteUnreachable(
+                f"git ls-remote {scrub(self.cfg.remote)} failed: {exc.message}: "
+                f"{_last_line(exc.output_tail)}"
+            ) from None
+        for line in out.splitlines():
+            sha, _, name = line.partition("\t")
+            if name.strip() == ref and SHA_RE.match(sha):
+                return sha
+        raise GitError(f"branch {self.cfg.branch!r} not found on the remote")
+
+    def fetch(self, *, tags: bool = False) -> None:
+        """Fetch the branch (and tags when asked) into the bare mirror, creating it first."""
+        if not (self.mirror / "HEAD").exists():
+            self.mirror.mkdir(parents=True, exist_ok=True)
+            self._git("init", "--bare", "--quiet", str(self.mirror), step="fetch")
+        refspecs = [f"+refs/heads/{self.cfg.branch}:{TRACKING}{self.cfg.branch}"]
+        if tags:
+            refspecs.append("+refs/tags/*:refs/tags/*")
+        try:
+            self._git("-C", str(self.mirror), "fetch", "--quiet", "--no-tags", "--prune",
+                      "--", self.cfg.remote, *refspecs, step="fetch")
+        except StepFailed as exc:
+            raise RemoteUnreachable(
+                f"git fetch from {scrub(self.cfg.remote)} failed: {exc.message}: "
+                f"{_last_line(exc.output_tail)}"
+            ) from None
+
+    def resolve(self, rev: str) -> str:
+        """A branch, tag or sha -> full sha, looked up in the mirror after a fetch."""
+        self.fetch(tags=True)
+        for candidate in (f"{TRACKING}{rev}", f"refs/tags/{rev}", rev):
+            out = run(
+                ["git", "-C", str(self.mirror), "rev-parse", "--verify", "--quiet",
+                 f"{candidate}^{{commit}}"],
+                step="resolve", timeout=self.cfg.timeout, env=self.env(), check=False,
+            )
+            if out.ok and SHA_RE.match(out.output.strip()):
+                return out.output.strip()
+        raise GitError(f"no commit named {rev!r} on branch {self.cfg.branch} or in tags")
+
+    # -- mirror ------------------------------------------------------------------------
+    def has(self, sha: str) -> bool:
+        if not (self.mirror / "HEAD").exists():
+            return False
+        res = run(["git", "-C", str(self.mirror), "cat-file", "-e", f"{sha}^{{commit}}"],
+                  step="fetch", timeout=self.cfg.timeout, env=self.env(), check=False)
+        return res.ok
+
+    def export(self, sha: str, dest: Path) -> None:
+        """Write the tree of `sha` into `dest` (no .git inside) and a REVISION file."""
+        dest.mkdir(parents=True)
+        with tempfile.NamedTemporaryFile(dir=dest.parent, prefix=".export-", suffix=".tar") as tmp:
+            self._git("-C", str(self.mirror), "archive", "--format=tar", sha,
+                      step="export", stdout_path=Path(tmp.name))
+            with tarfile.open(tmp.name) as tar:
+                if hasattr(tarfile, "tar_filter"):
+                    tar.extractall(dest, filter="tar")
+                else:  # pragma: no cover - Python without extraction filters
+                    tar.extractall(dest)  # noqa: S202 - our own git archive output
+        (dest / "REVISION").write_text(sha + "\n", encoding="ascii")
+
+    def changed_paths(self, old: str, new: str) -> frozenset[str] | None:
+        """Paths changed between two commits; None when the old one is unknown here."""
+        if not self.has(old):
+            return None
+        out = run(["git", "-C", str(self.mirror), "diff", "--name-only", "--no-renames",
+                   old, new], step="plan", timeout=self.cfg.timeout, env=self.env())
+        return frozenset(line for line in out.output.splitlines() if line)
+
+    def commits(self, old: str | None, new: str, limit: int = 50) -> list[Commit]:
+        """The commits that `new` brings over `old`, newest first, for the report."""
+        rev = f"{old}..{new}" if old and self.has(old) else new
+        with _repo(self.mirror) as repo:
+            return [
+                Commit(sha=c.hexsha, author=str(c.author.name or ""),
+                       subject=str(c.summary))
+                for c in repo.iter_commits(rev, max_count=limit)
+            ]
+
+
+@contextlib.contextmanager
+def _repo(path: Path) -> Iterator[git.Repo]:
+    repo = git.Repo(str(path))
+    try:
+        yield repo
+    finally:
+        repo.close()  # ends the persistent `git cat-file` helpers GitPython started
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "no output"
+
+
+def _quote(arg: str) -> str:
+    if re.match(r"^[A-Za-z0-9_./=:@-]+$", arg):
+        return arg
+    return "'" + arg.replace("'", "'\"'\"'") + "'"

@@ -1,0 +1,155 @@
+"""The release tree under app.root: release dirs, shared links, the `current` switch, pruning."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import structlog
+
+from watcher.errors import StepFailed
+
+log = structlog.get_logger()
+
+
+class Layout:
+    """Paths of DESIGN §3 for one app root."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.repo = root / "repo"
+        self.releases = root / "releases"
+        self.venvs = root / "venvs"
+        self.shared = root / "shared"
+        self.current = root / "current"
+        self.state_dir = root / ".watcher"
+
+    def prepare(self) -> None:
+        for d in (self.releases, self.venvs, self.shared):
+            d.mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.state_dir, 0o700)
+
+    def release(self, name: str) -> Path:
+        return self.releases / name
+
+    def live(self) -> str | None:
+        """The release `current` points at, or None before the first deploy."""
+        try:
+            target = os.readlink(self.current)
+        except (FileNotFoundError, OSError):
+            return None
+        return Path(target).name
+
+    def names(self) -> list[str]:
+        """Release names, oldest first (names start with a UTC stamp)."""
+        if not self.releases.is_dir():
+            return []
+        return sorted(p.name for p in self.releases.iterdir()
+                      if p.is_dir() and not p.name.startswith("."))
+
+
+def release_name(sha: str, now: float | None = None) -> str:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
+    return f"{stamp}-{sha[:12]}"
+
+
+def link_shared(layout: Layout, release: Path, paths: Iterable[str]) -> None:
+    """Replace each shared path in the release by a symlink into shared/.
+
+    A path missing from shared/ is seeded from the release when the release has it; a
+    missing name without a suffix (media, data) becomes an empty directory; a missing file
+    (.env) is an error, so a release never starts without its settings.
+    """
+    for rel in paths:
+        target = layout.shared / rel
+        inside = release / rel
+        if not target.exists():
+            if inside.exists() and not inside.is_symlink():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if inside.is_dir():
+                    shutil.copytree(inside, target, symlinks=True)
+                else:
+                    shutil.copy2(inside, target)
+                log.info("shared.seeded", path=rel)
+            elif not Path(rel).suffix and not rel.startswith("."):
+                target.mkdir(parents=True)
+                log.info("shared.created", path=rel)
+            else:
+                raise StepFailed("shared", f"shared/{rel} does not exist; create it first")
+        if inside.is_symlink() or inside.is_file():
+            inside.unlink()
+        elif inside.is_dir():
+            shutil.rmtree(inside)
+        inside.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(target, inside)
+
+
+def switch(layout: Layout, name: str) -> None:
+    """Point `current` at releases/<name> atomically: a temp symlink renamed over it.
+
+    Crash point: a kill before the rename leaves `current` as it was and a stray
+    `.current-*` link, which the next switch replaces; after it, `current` is the new
+    release and state.json still names the old one until the deploy records it.
+    """
+    if not layout.release(name).is_dir():
+        raise StepFailed("switch", f"release {name} does not exist")
+    tmp = layout.root / f".current-{os.getpid()}"
+    if tmp.is_symlink():
+        tmp.unlink()
+    os.symlink(os.path.join("releases", name), tmp)
+    os.replace(tmp, layout.current)
+    _fsync_dir(layout.root)
+
+
+def remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def prune(layout: Layout, keep: int, protect: Iterable[str | None]) -> list[str]:
+    """Remove the oldest releases beyond `keep`, never a protected one. Returns the removed."""
+    keep_set = {p for p in protect if p}
+    names = layout.names()
+    removed: list[str] = []
+    excess = len(names) - keep
+    for name in names:
+        if excess <= 0:
+            break
+        if name in keep_set:
+            continue
+        remove(layout.release(name))
+        removed.append(name)
+        excess -= 1
+    if removed:
+        log.info("prune.releases", removed=removed)
+    return removed
+
+
+def hardlink_tree(src: Path, dst: Path) -> int:
+    """Copy a tree by hard links (collected static files); returns files linked."""
+    count = 0
+    for dirpath, _dirs, files in os.walk(src):
+        rel = Path(dirpath).relative_to(src)
+        (dst / rel).mkdir(parents=True, exist_ok=True)
+        for f in files:
+            s, d = Path(dirpath) / f, dst / rel / f
+            try:
+                os.link(s, d)
+            except OSError:
+                shutil.copy2(s, d)
+            count += 1
+    return count
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

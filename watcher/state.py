@@ -1,0 +1,131 @@
+"""state.json: the live release, the releases we know, bad commits, history, last check.
+
+Written atomically (temp file, fsync, rename, fsync of the dir) with mode 0600. Crash point:
+a kill mid-write leaves a stray `state.json.tmp-*` and the old state.json intact; the next
+load ignores the temp file and the next save replaces it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger()
+HISTORY_MAX = 200
+VERSION = 1
+
+
+@dataclass
+class ReleaseRecord:
+    name: str
+    sha: str
+    venv: str
+    ok: bool = True
+    colour: str = ""
+
+
+@dataclass
+class State:
+    live: str | None = None
+    releases: dict[str, ReleaseRecord] = field(default_factory=dict)
+    bad: dict[str, dict[str, Any]] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    last_check: dict[str, Any] = field(default_factory=dict)
+
+    # -- queries -------------------------------------------------------------------------
+    def live_record(self) -> ReleaseRecord | None:
+        return self.releases.get(self.live) if self.live else None
+
+    def previous(self, existing: set[str]) -> ReleaseRecord | None:
+        """The newest good release older than the live one that is still on disk."""
+        live = self.live or "~"
+        candidates = [r for n, r in self.releases.items()
+                      if r.ok and n < live and n in existing]
+        return max(candidates, key=lambda r: r.name) if candidates else None
+
+    def is_bad(self, sha: str) -> bool:
+        return sha in self.bad
+
+    # -- changes -------------------------------------------------------------------------
+    def mark_bad(self, sha: str, step: str, reason: str) -> None:
+        self.bad[sha] = {"at": _now(), "step": step, "reason": reason[:500]}
+        while len(self.bad) > 100:
+            self.bad.pop(next(iter(self.bad)))
+
+    def add_history(self, entry: dict[str, Any]) -> None:
+        self.history.append(entry)
+        del self.history[:-HISTORY_MAX]
+
+    def forget_missing(self, existing: set[str]) -> None:
+        for name in [n for n in self.releases if n not in existing and n != self.live]:
+            del self.releases[name]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": VERSION,
+            "live": self.live,
+            "releases": {n: asdict(r) for n, r in self.releases.items()},
+            "bad": self.bad,
+            "history": self.history,
+            "last_check": self.last_check,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> State:
+        return cls(
+            live=data.get("live"),
+            releases={n: ReleaseRecord(**r) for n, r in data.get("releases", {}).items()},
+            bad=dict(data.get("bad", {})),
+            history=list(data.get("history", [])),
+            last_check=dict(data.get("last_check", {})),
+        )
+
+
+class StateFile:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> State:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return State()
+        except (OSError, ValueError) as exc:
+            # A corrupt file cannot come from our writes (they are atomic); keep it for a
+            # human and start from what is on disk.
+            aside = self.path.with_suffix(f".corrupt-{int(time.time())}")
+            os.replace(self.path, aside)
+            log.error("state.corrupt", path=str(self.path), moved_to=str(aside), error=str(exc))
+            return State()
+        return State.from_json(data)
+
+    def save(self, state: State) -> None:
+        write_atomic(self.path, json.dumps(state.to_json(), indent=1, sort_keys=True))
+
+
+def write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, text.encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
