@@ -228,8 +228,8 @@ def _env_overrides(
                     raise ConfigError(f"environment: {var} names no key of [{section}]")
                 sections.setdefault(section, {})[key] = from_env(value)
                 break
-        else:
-            raise ConfigError(f"environment: {var} names no config section")
+        # A WATCHER_* variable naming no section is someone else's (a test marker, another
+        # tool): left alone. One naming a section but no key of it is a typo: an error.
     del path
 
 
@@ -244,6 +244,9 @@ def build(
             values[attr] = None
             continue
         values[attr] = _section(cls, name, table or {}, path)
+    bg = values["bluegreen"]
+    if bg is not None and not bg.programs and not bg.health_urls:
+        values["bluegreen"] = None  # an empty [bluegreen] section means blue/green is off
     cfg = Config(**values)
     _check(cfg)
     return cfg

@@ -19,6 +19,8 @@ _INSPECT = (
     "from django.db.migrations.executor import MigrationExecutor\n"
     "ex = MigrationExecutor(connections[DEFAULT_DB_ALIAS])\n"
     "plan = ex.migration_plan(ex.loader.graph.leaf_nodes())\n"
+    "from django.core.servers.basehttp import get_internal_wsgi_application\n"
+    "get_internal_wsgi_application()\n"  # the WSGI module imports: Gunicorn will boot
     "storages = getattr(settings, 'STORAGES', {}) or {}\n"
     "backend = storages.get('staticfiles', {}).get('BACKEND', '')\n"
     "print(" + repr(MARK) + " + json.dumps({'static_root': str(settings.STATIC_ROOT or ''),"

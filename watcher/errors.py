@@ -62,11 +62,14 @@ class SupervisorFault(WatcherError):
 class StepFailed(WatcherError):
     """A deploy step failed; carries the step name and the tail of its output."""
 
-    def __init__(self, step: str, message: str, output_tail: str = "") -> None:
+    def __init__(
+        self, step: str, message: str, output_tail: str = "", *, timed_out: bool = False
+    ) -> None:
         super().__init__(f"{step}: {message}")
         self.step = step
         self.message = message
         self.output_tail = output_tail
+        self.timed_out = timed_out
 
 
 class RollbackFailed(WatcherError):

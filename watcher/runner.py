@@ -126,7 +126,7 @@ def failure(step: str, result: Result, timeout: float) -> StepFailed:
         message = f"{name} timed out after {timeout:g}s"
     else:
         message = f"{name} exited with status {result.returncode}"
-    return StepFailed(step, message, result.output)
+    return StepFailed(step, message, result.output, timed_out=result.timed_out)
 
 
 def _read_lines(stream: object, lines: collections.deque[str]) -> None:

@@ -1,0 +1,59 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+WHEELHOUSE := build/wheelhouse
+REQS := examples/mysite/requirements.txt
+PYTEST_ARGS ?=
+
+.PHONY: help install system-deps wheelhouse lint typecheck pytest test demo demo-stop bench clean
+
+help:
+	@echo "make test      install dev deps, fill the wheel cache, run ruff, mypy and pytest"
+	@echo "make demo      end-to-end demo on a local sandbox (make demo-stop to clean up)"
+	@echo "make bench     benchmarks against the baseline script; writes BENCHMARKS.md"
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# Debian packages the tests need (git, a real sshd, nginx, ...); installed only when missing.
+system-deps:
+	@bash scripts/system-deps.sh
+
+# The example app's wheels, built once and reused by every venv the tests and demo build.
+$(WHEELHOUSE)/.complete: $(REQS) | $(VENV)/.installed
+	mkdir -p $(WHEELHOUSE)
+	$(BIN)/pip wheel -q --disable-pip-version-check -r $(REQS) -w $(WHEELHOUSE)
+	touch $@
+
+wheelhouse: $(WHEELHOUSE)/.complete
+
+lint: install
+	$(BIN)/ruff check .
+
+typecheck: install
+	$(BIN)/mypy
+
+pytest: install wheelhouse
+	WATCHER_TEST_WHEELHOUSE=$(CURDIR)/$(WHEELHOUSE) $(BIN)/pytest $(PYTEST_ARGS)
+
+test: system-deps install wheelhouse lint typecheck pytest
+
+demo: system-deps install wheelhouse
+	$(BIN)/python examples/demo/demo.py start
+
+demo-stop:
+	-$(BIN)/python examples/demo/demo.py stop
+
+bench: system-deps install wheelhouse
+	$(BIN)/python benchmarks/run.py
+
+clean: demo-stop
+	rm -rf build .venv

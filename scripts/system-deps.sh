@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Install the Debian packages the tests, demo and benchmarks use, where they are missing.
+set -euo pipefail
+need=()
+command -v git >/dev/null || need+=(git)
+command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v ssh >/dev/null || need+=(openssh-client)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
+command -v curl >/dev/null || need+=(curl)
+if [ ${#need[@]} -eq 0 ]; then exit 0; fi
+if [ "$(id -u)" != 0 ]; then
+  echo "missing Debian packages: ${need[*]} (run as root, or install them)" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+# Debian starts services on install; the tests start their own on loopback.
+for svc in nginx ssh; do
+  (service "$svc" stop >/dev/null 2>&1 || true)
+done

@@ -1,0 +1,96 @@
+"""The command line (DESIGN §5). The only place that turns errors into exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+import structlog
+
+from watcher import __version__, log
+from watcher.config import Config, config_path, load
+from watcher.errors import EXIT_USAGE, ConfigError, UsageError, WatcherError
+
+Handler = Callable[[Config, argparse.Namespace], int]
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, metavar="PATH",
+                        help="config file (default: $WATCHER_CONFIG or /etc/watcher/watcher.toml)")
+    common.add_argument("--log-level", default=argparse.SUPPRESS,
+                        choices=["debug", "info", "warning", "error"])
+    p = argparse.ArgumentParser(prog="watcher", parents=[common],
+                                description="Continuous deployment for a Django site.")
+    p.add_argument("--once", action="store_true", help="one check; deploy if the branch moved")
+    p.add_argument("--version", action="version", version=f"watcher {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("run", parents=[common], help="the daemon: poll loop and webhook server")
+    sub.add_parser("once", parents=[common], help="one check; deploy if the branch moved")
+    d = sub.add_parser("deploy", parents=[common], help="deploy a commit, tag or branch now")
+    d.add_argument("rev")
+    r = sub.add_parser("rollback", parents=[common], help="switch to the previous release")
+    r.add_argument("release", nargs="?")
+    s = sub.add_parser("status", parents=[common], help="live release and last check")
+    s.add_argument("--json", action="store_true")
+    h = sub.add_parser("history", parents=[common], help="past deploys")
+    h.add_argument("-n", type=int, default=10, metavar="N")
+    h.add_argument("--json", action="store_true")
+    sub.add_parser("check", parents=[common], help="validate config and reach every part")
+    sub.add_parser("trigger", parents=[common], help="ask the running daemon to check now")
+    for action in (d, r):
+        action.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                            help="wait this long for another watcher's lock")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.once:
+        if args.command not in (None, "once"):
+            parser.error("--once takes no command")
+        args.command = "once"
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    log.configure(getattr(args, "log_level", "info"))
+    logger = structlog.get_logger()
+    try:
+        cfg = load(config_path(getattr(args, "config", None)))
+        return _handler(args.command)(cfg, args)
+    except (ConfigError, UsageError) as exc:
+        kind = "config error" if isinstance(exc, ConfigError) else "error"
+        print(f"watcher: {kind}: {log.scrub(str(exc))}", file=sys.stderr)
+        return exc.exit_code
+    except WatcherError as exc:
+        logger.error("watcher.error", error=str(exc), exit_code=exc.exit_code,
+                     transient=exc.transient)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        logger.warning("watcher.interrupted")
+        return 130
+
+
+def _handler(command: str) -> Handler:
+    # Imported here so `watcher --help` and config errors stay fast and light.
+    from watcher import commands
+
+    handlers: dict[str, Handler] = {
+        "once": commands.once,
+        "deploy": commands.deploy,
+        "rollback": commands.rollback,
+        "status": commands.status,
+        "history": commands.history,
+        "check": commands.check,
+        "run": commands.run,
+        "trigger": commands.trigger,
+    }
+    return handlers[command]
+
+
+def print_json(data: object) -> None:
+    json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
+    sys.stdout.write("\n")

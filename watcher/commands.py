@@ -1,0 +1,106 @@
+"""What each command does, given a checked config. Returns the exit code; never exits."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from watcher import lock
+from watcher.config import Config
+from watcher.deploy import Deployer, Outcome
+from watcher.errors import UsageError
+from watcher.state import StateFile
+
+
+def _say(outcome: Outcome) -> int:
+    sha = outcome.sha[:12] if outcome.sha else "-"
+    print(f"{outcome.outcome}: {sha} {outcome.release or ''} {outcome.message}".rstrip())
+    return outcome.exit_code
+
+
+def once(cfg: Config, args: argparse.Namespace) -> int:
+    return _say(Deployer(cfg).check_once())
+
+
+def deploy(cfg: Config, args: argparse.Namespace) -> int:
+    return _say(Deployer(cfg).deploy_rev(args.rev, lock_wait=args.wait))
+
+
+def rollback(cfg: Config, args: argparse.Namespace) -> int:
+    from watcher.rollback import rollback as do_rollback
+
+    return _say(do_rollback(Deployer(cfg), args.release, lock_wait=args.wait))
+
+
+def status(cfg: Config, args: argparse.Namespace) -> int:
+    from watcher.cli import print_json
+
+    state = StateFile(cfg.state_dir / "state.json").load()
+    live = state.live_record()
+    last = state.history[-1] if state.history else None
+    holder = lock.holder(cfg.state_dir / "lock")
+    data = {
+        "app": cfg.app.name,
+        "live": {"release": live.name, "sha": live.sha, "venv": live.venv} if live else None,
+        "last_check": state.last_check or None,
+        "last_outcome": {k: last.get(k) for k in
+                         ("event", "outcome", "to_sha", "release", "finished_at", "error")}
+        if last else None,
+        "lock_holder": holder,
+        "bad_commits": sorted(state.bad),
+    }
+    if args.json:
+        print_json(data)
+        return 0
+    print(f"app:          {cfg.app.name}")
+    print(f"live:         {live.name + ' (' + live.sha[:12] + ')' if live else 'nothing deployed'}")
+    lc = state.last_check
+    print(f"last check:   {lc.get('at', 'never')} {lc.get('result', '')}".rstrip())
+    if last:
+        print(f"last outcome: {last.get('outcome')} {last.get('event')} "
+              f"{str(last.get('to_sha'))[:12]} at {last.get('finished_at')}")
+        err = last.get("error")
+        if isinstance(err, dict):
+            print(f"  error:      {err.get('step')}: {err.get('message')}")
+    print(f"lock:         {'held by pid ' + str(holder) if holder else 'free'}")
+    if state.bad:
+        print(f"bad commits:  {', '.join(s[:12] for s in state.bad)}")
+    return 0
+
+
+def history(cfg: Config, args: argparse.Namespace) -> int:
+    from watcher.cli import print_json
+
+    if args.n < 1:
+        raise UsageError("-n must be at least 1")
+    entries = StateFile(cfg.state_dir / "state.json").load().history[-args.n:]
+    if args.json:
+        print_json(entries)
+        return 0
+    for e in reversed(entries):
+        steps = " ".join(f"{s['name']}={s['duration_s']:.1f}s" for s in e.get("steps", [])
+                         if s.get("outcome") != "skipped")
+        print(f"{e.get('finished_at')}  {e.get('event'):8} {e.get('outcome'):15} "
+              f"{str(e.get('from_sha') or '-')[:12]} -> {str(e.get('to_sha'))[:12]}  "
+              f"{e.get('duration_s')}s  {steps}")
+    if not entries:
+        print("no deploys yet", file=sys.stderr)
+    return 0
+
+
+def check(cfg: Config, args: argparse.Namespace) -> int:
+    from watcher.checkup import run_checks
+
+    return run_checks(cfg)
+
+
+def run(cfg: Config, args: argparse.Namespace) -> int:
+    from watcher.daemon import Daemon
+
+    return Daemon(cfg).run()
+
+
+def trigger(cfg: Config, args: argparse.Namespace) -> int:
+    from watcher.daemon import trigger as send
+
+    return send(cfg)

@@ -1,0 +1,72 @@
+"""Going live: switch `current`, reload the app over Supervisord, health-check it.
+
+Used by a deploy, by its automatic rollback, by `watcher rollback` and by the recovery of an
+interrupted deploy, so all of them switch and reload the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import structlog
+
+from watcher import releases
+from watcher.config import Config, read_secret
+from watcher.health import wait_healthy
+from watcher.log import register_secret
+from watcher.releases import Layout
+from watcher.steplog import StepLog
+from watcher.supervisor_rpc import Supervisor
+
+log = structlog.get_logger()
+
+
+def connect(cfg: Config) -> Supervisor:
+    password = read_secret(cfg.supervisor.password_file, "supervisor.password_file")
+    register_secret(password)
+    return Supervisor(cfg.supervisor.url, cfg.supervisor.username, password,
+                      timeout=cfg.supervisor.timeout)
+
+
+class Switcher:
+    def __init__(self, cfg: Config, layout: Layout,
+                 supervisor_factory: Callable[[Config], Supervisor] = connect) -> None:
+        self.cfg = cfg
+        self.layout = layout
+        self.factory = supervisor_factory
+
+    @contextlib.contextmanager
+    def supervisor(self) -> Iterator[Supervisor]:
+        sup = self.factory(self.cfg)
+        try:
+            yield sup
+        finally:
+            sup.close()
+
+    def reload(self, mode: str) -> None:
+        """HUP (code only), or stop+start (new venv) every program; wait for RUNNING."""
+        rpc_mode = "hup" if mode == "hup" else "restart"
+        programs = list(self.cfg.supervisor.programs)
+        with self.supervisor() as sup:
+            for program in programs:
+                info = sup.reload(program, rpc_mode, self.cfg.supervisor.start_timeout)
+                log.info("reload.done", program=program, mode=rpc_mode, pid=info.pid)
+
+    def health(self, sha: str) -> None:
+        url = self.cfg.health.url
+        if not url:
+            return
+        took = wait_healthy(url, timeout=self.cfg.health.timeout,
+                            expect=sha if self.cfg.health.expect_revision else None,
+                            interval=self.cfg.health.interval)
+        log.info("health.ok", url=url, seconds=round(took, 2))
+
+    def go_live(self, name: str, sha: str, mode: str, steps: StepLog, prefix: str = "") -> None:
+        with steps.step(f"{prefix}switch", release=name):
+            releases.switch(self.layout, name)
+        with steps.step(f"{prefix}reload", mode=mode):
+            self.reload(mode)
+        if self.cfg.health.url:
+            with steps.step(f"{prefix}health"):
+                self.health(sha)
