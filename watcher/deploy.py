@@ -23,6 +23,7 @@ from watcher.errors import (
     EXIT_OK,
     EXIT_ROLLBACK_FAILED,
     GitError,
+    Interrupted,
     StepFailed,
     TransientError,
     WatcherError,
@@ -46,6 +47,7 @@ class Outcome:
     sha: str | None
     release: str | None
     message: str = ""
+    duration_s: float = 0.0
 
 
 class Deployer:
@@ -132,7 +134,8 @@ class Deployer:
             builder = Builder(self.cfg, self.layout, release, plan, steps, digest)
             built = builder.result
             builder.run(self.layout.release(live.name) if live else None)
-        except TransientError:
+        except (TransientError, Interrupted):
+            # Not the commit's fault: nothing is marked bad, the next check tries again.
             releases.remove(release)
             self._last_check(state, "transient", sha)
             raise
@@ -181,8 +184,8 @@ class Deployer:
             try:
                 with steps.step("post_switch", hook=i):
                     django.hook(argv, "post_switch", self.cfg.hooks.timeout)
-            except StepFailed as exc:
-                log.warning("post_switch.failed", error=exc.message)
+            except WatcherError as exc:
+                log.warning("post_switch.failed", error=str(exc))
         with steps.step("prune"):
             self.prune(state)
 
@@ -204,7 +207,7 @@ class Deployer:
         self._last_check(state, "deployed" if outcome == "succeeded" else "failed", run.to_sha)
         self.recorder.send(report)
         message = f"{outcome}: {exc}" if exc else outcome
-        return Outcome(outcome, code, run.to_sha, release, message)
+        return Outcome(outcome, code, run.to_sha, release, message, report.duration_s)
 
     def _last_check(self, state: State, result: str, sha: str | None = None,
                     error: str = "") -> None:

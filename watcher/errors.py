@@ -72,6 +72,11 @@ class StepFailed(WatcherError):
         self.timed_out = timed_out
 
 
+class Interrupted(WatcherError):
+    """The daemon is stopping: a step before the switch was cut short. Not the commit's
+    fault, so it is not marked bad; the next start deploys it again."""
+
+
 class RollbackFailed(WatcherError):
     """The rollback after a failed switch did not bring the old release back."""
 

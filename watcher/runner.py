@@ -16,7 +16,7 @@ from pathlib import Path
 
 import structlog
 
-from watcher.errors import StepFailed
+from watcher.errors import Interrupted, StepFailed
 from watcher.log import scrub
 
 TAIL_LINES = 60
@@ -24,6 +24,9 @@ TAIL_CHARS = 4000
 PROGRESS_EVERY = 10.0
 
 log = structlog.get_logger()
+# Set by the daemon on SIGTERM/SIGINT: a running child is killed and Interrupted raised.
+CANCEL = threading.Event()
+CANCEL_POLL = 0.2
 
 
 @dataclass(frozen=True)
@@ -90,14 +93,19 @@ def run(
         while True:
             now = time.monotonic()
             try:
-                proc.wait(timeout=max(0.0, min(deadline, next_progress) - now))
+                proc.wait(timeout=max(0.0, min(deadline, next_progress, now + CANCEL_POLL) - now))
                 break
             except subprocess.TimeoutExpired:
                 now = time.monotonic()
+                if CANCEL.is_set():
+                    _kill_group(proc)
+                    raise Interrupted(f"{step}: stopped by shutdown") from None
                 if now >= deadline:
                     timed_out = True
                     _kill_group(proc)
                     break
+                if now < next_progress:
+                    continue
                 last = scrub(lines[-1]) if lines else ""
                 log.info("step.progress", step=step, elapsed_s=round(now - started, 1), last=last)
                 next_progress = now + PROGRESS_EVERY

@@ -8,10 +8,16 @@ from collections.abc import Iterator
 
 import structlog
 
-from watcher.errors import StepFailed, TransientError, WatcherError
+from watcher.errors import Interrupted, StepFailed, TransientError, WatcherError
 from watcher.report import StepResult
+from watcher.runner import CANCEL
 
 log = structlog.get_logger()
+# Steps that may be cut short when the daemon stops: all before the switch. After the switch
+# the reload and health check always run, so `current` never points at a release that was
+# not reloaded and checked.
+BEFORE_SWITCH = frozenset({"fetch", "export", "shared", "venv", "check", "migrate",
+                           "collectstatic", "pre_switch"})
 
 
 class StepLog:
@@ -22,10 +28,15 @@ class StepLog:
     def step(self, name: str, **info: object) -> Iterator[None]:
         """Time one step. A WatcherError that is not a StepFailed becomes one for this step;
         a transient error stays transient (the caller retries later, nothing is marked bad)."""
+        if name in BEFORE_SWITCH and CANCEL.is_set():
+            raise Interrupted(f"{name}: not started, the daemon is stopping")
         log.info("step.start", step=name, **info)
         started = time.monotonic()
         try:
             yield
+        except Interrupted:
+            self._end(name, "failed", started, error="interrupted by shutdown")
+            raise
         except StepFailed as exc:
             self._end(name, "timeout" if exc.timed_out else "failed", started, error=exc.message)
             raise

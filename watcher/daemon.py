@@ -1,0 +1,210 @@
+"""`watcher run`: the poll loop, hints from webhooks / `watcher trigger` / SIGUSR1, signals.
+
+The loop runs checks on the main thread, one at a time. Hints only set an event, so any
+number of them during a deploy coalesce into one follow-up check. SIGTERM/SIGINT stop new
+checks and cut short a deploy still before its switch (a deploy past its switch finishes
+its reload and health check: `current` is never left switched without them).
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+import signal
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import structlog
+
+from watcher import runner
+from watcher.config import Config, read_secret
+from watcher.deploy import Deployer, Outcome
+from watcher.errors import (
+    EXIT_OK,
+    Interrupted,
+    LockHeld,
+    TransientError,
+    WatcherError,
+)
+from watcher.metrics import Metrics
+from watcher.state import write_atomic
+from watcher.webhooks import WebhookServer, send_trigger
+
+log = structlog.get_logger()
+JITTER = 0.10
+BACKOFF_CAP = 300.0
+UNHEALTHY_AFTER = 3  # consecutive failed checks before /healthz answers 503
+LOCK_RETRY = 5.0
+
+
+class Hints:
+    """A wake-up flag: hints set it, the loop clears it before each check."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.received = 0
+
+    def hint(self, source: str) -> None:
+        self.received += 1
+        log.info("hint.received", source=source)
+        self._event.set()
+
+    def wait(self, timeout: float) -> bool:
+        fired = self._event.wait(timeout)
+        self._event.clear()
+        return fired
+
+
+def trigger_key_path(cfg: Config) -> Path:
+    return cfg.state_dir / "trigger.key"
+
+
+class Daemon:
+    def __init__(self, cfg: Config, deployer: Deployer | None = None,
+                 rng: random.Random | None = None) -> None:
+        self.cfg = cfg
+        self.deployer = deployer or Deployer(cfg)
+        self.hints = Hints()
+        self.metrics = Metrics()
+        self.stopping = threading.Event()
+        self.rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self.failures = 0
+        self.checks = 0
+        self.last: dict[str, Any] = {}
+        self.server: WebhookServer | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def run(self, max_checks: int | None = None) -> int:
+        self.deployer.layout.prepare()
+        runner.CANCEL.clear()
+        self._write_trigger_key()
+        self._signals()
+        self.server = WebhookServer(
+            self.cfg.webhook.listen, self.cfg.git.branch, self._secret, self.hints.hint,
+            self.health, self.metrics, self._trigger_key,
+        )
+        self.server.start()
+        log.info("daemon.started", interval_s=self.cfg.git.interval, branch=self.cfg.git.branch)
+        try:
+            while not self.stopping.is_set():
+                delay = self.tick()
+                if max_checks is not None and self.checks >= max_checks:
+                    break
+                self.hints.wait(delay)
+        finally:
+            self.server.stop()
+            log.info("daemon.stopped", checks=self.checks)
+        return EXIT_OK
+
+    def stop(self, *_: object) -> None:
+        if not self.stopping.is_set():
+            log.info("daemon.stopping")
+        self.stopping.set()
+        runner.CANCEL.set()
+        self.hints.hint("shutdown")
+
+    def _signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def on_stop(signum: int, _frame: FrameType | None) -> None:
+            self.stop()
+
+        def on_usr1(signum: int, _frame: FrameType | None) -> None:
+            self.hints.hint("sigusr1")
+
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGUSR1, on_usr1)
+
+    # -- one tick ------------------------------------------------------------------------
+    def tick(self) -> float:
+        """One check; returns how long to wait for the next one (jittered, backed off)."""
+        self.checks += 1
+        interval = self.cfg.git.interval
+        try:
+            outcome = self.deployer.check_once()
+        except LockHeld as exc:
+            log.info("check.lock_held", detail=str(exc))
+            return self._jitter(min(interval, LOCK_RETRY))
+        except Interrupted:
+            log.info("check.interrupted")
+            return 0.0
+        except TransientError as exc:
+            self._failed("transient", str(exc))
+            return self._jitter(min(BACKOFF_CAP, interval * 2 ** min(self.failures, 10)))
+        except WatcherError as exc:
+            self._failed("failed", str(exc))
+            return self._jitter(interval)
+        except Exception as exc:  # the daemon must not die of a bug in one check
+            log.exception("check.crashed", error=type(exc).__name__)
+            self._failed("failed", type(exc).__name__)
+            return self._jitter(interval)
+        self._succeeded(outcome)
+        self.deployer.recorder.flush()
+        return self._jitter(interval)
+
+    def _succeeded(self, outcome: Outcome) -> None:
+        result = {"unchanged": "unchanged", "succeeded": "deployed"}.get(outcome.outcome,
+                                                                         "failed")
+        self.metrics.check(result)
+        if outcome.outcome in ("succeeded", "failed", "rolled_back", "rollback_failed"):
+            self.metrics.deploy(outcome.outcome, outcome.duration_s)
+        if outcome.outcome in ("unchanged", "succeeded"):
+            live_sha = outcome.sha
+        else:
+            record = self.deployer.state_file.load().live_record()
+            live_sha = record.sha if record else None
+        if live_sha:
+            self.metrics.live_revision(live_sha)
+        self.failures = 0
+        self.last = {"at": time.time(), "result": outcome.outcome, "live_sha": live_sha}
+
+    def _failed(self, result: str, error: str) -> None:
+        self.failures += 1
+        self.metrics.check(result)
+        self.last = {**self.last, "at": time.time(), "result": result, "error": error}
+        log.warning("check.failed", result=result, error=error, consecutive=self.failures)
+
+    def _jitter(self, seconds: float) -> float:
+        return max(0.0, seconds * (1 + self.rng.uniform(-JITTER, JITTER)))
+
+    # -- providers for the webhook server ------------------------------------------------
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        healthy = self.failures < UNHEALTHY_AFTER
+        return healthy, {"healthy": healthy, "consecutive_failures": self.failures,
+                         "last_check": self.last, "checks": self.checks}
+
+    def _secret(self) -> bytes | None:
+        value = read_secret(self.cfg.webhook.secret_file, "webhook.secret_file")
+        return value.encode() if value else None
+
+    def _trigger_key(self) -> bytes | None:
+        try:
+            return trigger_key_path(self.cfg).read_bytes().strip()
+        except OSError:
+            return None
+
+    def _write_trigger_key(self) -> None:
+        path = trigger_key_path(self.cfg)
+        if not path.exists():
+            write_atomic(path, secrets.token_hex(32) + "\n")
+
+
+def trigger(cfg: Config) -> int:
+    """`watcher trigger`: sign a request with the daemon's trigger key and send it."""
+    try:
+        key = trigger_key_path(cfg).read_bytes().strip()
+    except OSError as exc:
+        raise TransientError(
+            f"cannot read {trigger_key_path(cfg)} ({exc.strerror}); is `watcher run` started "
+            "with this config, and are you its user?"
+        ) from None
+    status = send_trigger(cfg.webhook.listen, key)
+    if status == 202:
+        print("the daemon took the hint")
+        return EXIT_OK
+    raise TransientError(f"the daemon answered HTTP {status}")
