@@ -206,7 +206,7 @@ class Deployer:
         state.add_history(self.recorder.history_entry(report))
         self._last_check(state, "deployed" if outcome == "succeeded" else "failed", run.to_sha)
         self.recorder.send(report)
-        message = f"{outcome}: {exc}" if exc else outcome
+        message = str(exc) if exc else ""
         return Outcome(outcome, code, run.to_sha, release, message, report.duration_s)
 
     def _last_check(self, state: State, result: str, sha: str | None = None,
