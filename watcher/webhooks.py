@@ -48,7 +48,7 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-class _DeadlineReader(io.RawIOBase):
+class _Deadline(io.RawIOBase):
     """The socket, readable for `timeout` s in all: a byte a second cannot hold a thread."""
 
     def __init__(self, sock: socket.socket, timeout: float) -> None:
@@ -114,8 +114,7 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         super().setup()
         self.rfile.close()  # the buffered makefile() is replaced by one with a deadline
-        reader = _DeadlineReader(self.connection, self.server.app.client_timeout)
-        self.rfile = io.BufferedReader(reader)
+        self.rfile = io.BufferedReader(_Deadline(self.connection, self.server.app.client_timeout))
         self._consumed = False
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -210,6 +209,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _reply(self, status: int, body: dict[str, Any] | bytes,
                content_type: str = "application/json", allow: str = "") -> None:
         data = body if isinstance(body, bytes) else json.dumps(body, default=str).encode() + b"\n"
+        self.connection.settimeout(self.server.app.client_timeout)  # not the reader's leftover
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
@@ -261,7 +261,7 @@ class WebhookServer:
         except (ValueError, OSError) as exc:
             raise ConfigError(f"[webhook] listen = {self.listen!r}: {exc}") from exc
         self._thread = threading.Thread(
-            target=self._httpd.serve_forever, args=(0.2,), name="watcher-webhooks", daemon=True)
+            target=self._httpd.serve_forever, args=(0.1,), name="watcher-webhooks", daemon=True)
         self._thread.start()
         log.info("webhook.listening", host=self.address[0], port=self.address[1])
 
