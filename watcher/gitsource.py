@@ -148,12 +148,16 @@ class GitSource:
     def commits(self, old: str | None, new: str, limit: int = 50) -> list[Commit]:
         """The commits that `new` brings over `old`, newest first, for the report."""
         rev = f"{old}..{new}" if old and self.has(old) else new
-        with _repo(self.mirror) as repo:
-            return [
-                Commit(sha=c.hexsha, author=str(c.author.name or ""),
-                       subject=str(c.summary))
-                for c in repo.iter_commits(rev, max_count=limit)
-            ]
+        try:
+            with _repo(self.mirror) as repo:
+                return [
+                    Commit(sha=c.hexsha, author=str(c.author.name or ""),
+                           subject=str(c.summary))
+                    for c in repo.iter_commits(rev, max_count=limit)
+                ]
+        except (git.GitError, ValueError, OSError) as exc:  # the report loses a list, no more
+            log.warning("git.commits_unreadable", error=type(exc).__name__)
+            return []
 
 
 @contextlib.contextmanager
