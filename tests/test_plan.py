@@ -1,0 +1,134 @@
+"""Table tests of the pure planner `watcher.plan.make_plan`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from watcher.config import Config, build
+from watcher.plan import PlanInput, make_plan
+
+LIVE, NEW = "a" * 40, "b" * 40
+OLD_VENV, NEW_VENV = "1111111111111111", "2222222222222222"
+
+
+def config(**sections: dict[str, Any]) -> Config:
+    """The minimal valid config (health on, no shared paths, no hooks) plus `sections`."""
+    base: dict[str, dict[str, Any]] = {
+        "app": {"name": "mysite", "root": "/srv/mysite"},
+        "git": {"remote": "/srv/remote.git"},
+        "supervisor": {"programs": ["mysite"]},
+        "health": {"url": "http://127.0.0.1:8000/healthz"},
+    }
+    for name, table in sections.items():
+        base.setdefault(name.replace("__", "."), {}).update(table)
+    return build(base, Path("t.toml"), {})
+
+
+def first() -> PlanInput:
+    return PlanInput(live_sha=None, live_venv=None, target_sha=NEW, target_venv=NEW_VENV,
+                     venv_ready=False, changed=None)
+
+
+def code_only(*paths: str) -> PlanInput:
+    return PlanInput(live_sha=LIVE, live_venv=OLD_VENV, target_sha=NEW, target_venv=OLD_VENV,
+                     venv_ready=True, changed=frozenset(paths or ("pages/views.py",)))
+
+
+def new_venv(*paths: str, ready: bool = False) -> PlanInput:
+    return PlanInput(live_sha=LIVE, live_venv=OLD_VENV, target_sha=NEW, target_venv=NEW_VENV,
+                     venv_ready=ready, changed=frozenset(paths or ("requirements.txt",)))
+
+
+BLUEGREEN = {"programs": ["mysite_blue", "mysite_green"],
+             "health_urls": ["http://127.0.0.1:8001/healthz", "http://127.0.0.1:8002/healthz"]}
+
+# id, input, config sections, {step: expected action, or None for "no such step"}
+CASES: list[tuple[str, PlanInput, dict[str, dict[str, Any]], dict[str, str | None]]] = [
+    ("first deploy", first(), {},
+     {"venv": "build", "migrate": "auto", "collectstatic": "run", "reload": "restart",
+      "health": "run", "shared": None, "pre_switch": None}),
+    ("code only", code_only(), {},
+     {"venv": "reuse", "migrate": "auto", "collectstatic": "carry", "reload": "hup"}),
+    ("template only", code_only("pages/templates/pages/index.html"), {},
+     {"collectstatic": "carry", "reload": "hup"}),
+    ("requirements changed", new_venv("requirements.txt"), {},
+     {"venv": "build", "collectstatic": "run", "reload": "restart"}),
+    ("venv built before, e.g. a rollback target", new_venv(ready=True), {},
+     {"venv": "reuse", "reload": "restart"}),
+    ("static file changed", code_only("pages/static/pages/site.css"), {},
+     {"venv": "reuse", "collectstatic": "run", "reload": "hup"}),
+    ("static suffix outside static/", code_only("assets/app.js"), {},
+     {"collectstatic": "run"}),
+    ("settings module changed", code_only("mysite/settings.py"), {},
+     {"collectstatic": "run", "reload": "hup"}),
+    ("settings package changed", code_only("mysite/settings/prod.py"), {},
+     {"collectstatic": "run"}),
+    ("other requirements file changed", code_only("requirements/base.txt"),
+     {"build": {"requirements": ["requirements/base.txt"]}}, {"collectstatic": "run"}),
+    ("changes unknown (history rewritten)",
+     PlanInput(LIVE, OLD_VENV, NEW, OLD_VENV, True, None), {},
+     {"collectstatic": "run", "reload": "hup"}),
+    ("migrate never", code_only(), {"django": {"migrate": "never"}}, {"migrate": None}),
+    ("migrate always", code_only(), {"django": {"migrate": "always"}}, {"migrate": "run"}),
+    ("collectstatic never, static changed", code_only("pages/static/x.css"),
+     {"django": {"collectstatic": "never"}}, {"collectstatic": None}),
+    ("collectstatic always, code only", code_only(),
+     {"django": {"collectstatic": "always"}}, {"collectstatic": "run"}),
+    ("reload hup even with a new venv", new_venv(), {"supervisor": {"reload": "hup"}},
+     {"venv": "build", "reload": "hup"}),
+    ("reload restart even for code only", code_only(), {"supervisor": {"reload": "restart"}},
+     {"reload": "restart"}),
+    ("auto + bluegreen, venv changed", new_venv(), {"bluegreen": BLUEGREEN},
+     {"venv": "build", "reload": "bluegreen"}),
+    ("auto + bluegreen, code only", code_only(), {"bluegreen": BLUEGREEN},
+     {"reload": "hup"}),
+    ("no health url", code_only(), {"health": {"url": ""}}, {"health": None}),
+    ("shared paths", code_only(), {"build": {"shared": [".env", "media"]}},
+     {"shared": "link"}),
+    ("hooks", code_only(),
+     {"hooks": {"pre_switch": ["python manage.py warm"], "post_switch": [["true"]]}},
+     {"pre_switch": "run", "post_switch": "run"}),
+]
+
+
+@pytest.mark.parametrize(("inp", "sections", "expected"),
+                         [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_plan_actions(inp: PlanInput, sections: dict[str, dict[str, Any]],
+                      expected: dict[str, str | None]) -> None:
+    """Each situation gets the step actions DESIGN §2 gives it (None: step left out)."""
+    plan = make_plan(inp, config(**sections))
+    assert {name: plan.action(name) for name in expected} == expected
+
+
+def test_first_deploy_step_order() -> None:
+    """A first deploy runs the gate, Django steps, switch, reload, health and prune in order."""
+    plan = make_plan(first(), config())
+    assert plan.names == ("venv", "check", "migrate", "collectstatic", "switch", "reload",
+                          "health", "prune")
+
+
+def test_every_step_in_order_with_everything_configured() -> None:
+    """Shared links come first, pre_switch hooks just before the switch, post_switch hooks
+    after the health check and pruning last."""
+    plan = make_plan(code_only(), config(
+        build={"shared": ["data"]},
+        hooks={"pre_switch": [["true"]], "post_switch": [["true"]]},
+    ))
+    assert plan.names == ("shared", "venv", "check", "migrate", "collectstatic", "pre_switch",
+                          "switch", "reload", "health", "post_switch", "prune")
+
+
+def test_plan_reasons_name_the_changed_path() -> None:
+    """The reason for running collectstatic names the path that caused it, for the log."""
+    plan = make_plan(code_only("pages/views.py", "mysite/settings.py"), config())
+    [step] = [s for s in plan.steps if s.name == "collectstatic"]
+    assert "mysite/settings.py" in step.reason
+
+
+def test_plan_is_pure() -> None:
+    """The same input and config give the same plan."""
+    cfg = config(build={"shared": ["data"]})
+    assert make_plan(new_venv(), cfg) == make_plan(new_venv(), cfg)
