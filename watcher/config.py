@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 from urllib.parse import urlsplit
 
-from watcher.config_values import convert, from_env, parse_duration
+from watcher.config_values import EnvValue, convert, from_env, parse_duration
 from watcher.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -225,12 +225,11 @@ def _env_overrides(
                 cls = SECTIONS[section][1]
                 names = {f.name for f in dataclasses.fields(cls)}
                 if key not in names:
-                    raise ConfigError(f"environment: {var} names no key of [{section}]")
+                    raise ConfigError(f"{path}: environment: {var} names no key of [{section}]")
                 sections.setdefault(section, {})[key] = from_env(value)
                 break
         # A WATCHER_* variable naming no section is someone else's (a test marker, another
         # tool): left alone. One naming a section but no key of it is a typo: an error.
-    del path
 
 
 def build(
@@ -261,6 +260,8 @@ def _section(cls: type, name: str, table: dict[str, Any], path: Path) -> Any:
     kwargs: dict[str, Any] = {}
     for fname, f in fields.items():
         where = f"{path}: {name}.{fname}"
+        if isinstance(table.get(fname), EnvValue):  # say where the bad value really came from
+            where += f" (from WATCHER_{name.replace('.', '_').upper()}_{fname.upper()})"
         if fname not in table:
             no_default = f.default is dataclasses.MISSING
             if no_default and f.default_factory is dataclasses.MISSING:
