@@ -35,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("release", nargs="?")
     s = sub.add_parser("status", parents=[common], help="live release and last check")
     s.add_argument("--json", action="store_true")
-    h = sub.add_parser("history", parents=[common], help="past deploys")
+    h = sub.add_parser("history", parents=[common],
+                       help="past deploys: newest first (--json: oldest first)")
     h.add_argument("-n", type=int, default=10, metavar="N")
     h.add_argument("--json", action="store_true")
     sub.add_parser("check", parents=[common], help="validate config and reach every part")

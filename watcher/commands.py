@@ -8,7 +8,7 @@ import sys
 from watcher import lock
 from watcher.config import Config
 from watcher.deploy import Deployer, Outcome
-from watcher.errors import UsageError
+from watcher.errors import GitError, UsageError
 from watcher.state import StateFile
 
 
@@ -23,7 +23,12 @@ def once(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def deploy(cfg: Config, args: argparse.Namespace) -> int:
-    return _say(Deployer(cfg).deploy_rev(args.rev, lock_wait=args.wait))
+    try:
+        return _say(Deployer(cfg).deploy_rev(args.rev, lock_wait=args.wait))
+    except GitError as exc:
+        # Only resolving REV raises GitError out of deploy_rev (git failures inside the deploy
+        # become StepFailed): a rev git does not know is the operator's typo, exit 2.
+        raise UsageError(f"{exc}; `git ls-remote` lists what the remote has") from None
 
 
 def rollback(cfg: Config, args: argparse.Namespace) -> int:
@@ -69,6 +74,8 @@ def status(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def history(cfg: Config, args: argparse.Namespace) -> int:
+    """The last N deploys and rollbacks: `--json` oldest first (a slice of state.json's
+    history, for scripts); the text form newest first, one line each (like `git log`)."""
     from watcher.cli import print_json
 
     if args.n < 1:

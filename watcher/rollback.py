@@ -14,7 +14,7 @@ from watcher.errors import (
     UsageError,
     WatcherError,
 )
-from watcher.state import ReleaseRecord
+from watcher.state import ReleaseRecord, State
 from watcher.steplog import StepLog
 
 log = structlog.get_logger()
@@ -31,8 +31,7 @@ def rollback(deployer: Deployer, target: str | None = None, lock_wait: float = 0
         live = state.live_record()
         if live is None:
             raise UsageError("nothing to roll back: no release is live yet")
-        existing = set(layout.names())
-        record = _target(state.releases, existing, live, target, state.previous(existing))
+        record = _target(state, set(layout.names()), live, target)
         steps = StepLog()
         run = deployer.recorder.start("rollback", state, record.sha, steps)
         same_venv = record.venv == live.venv and venvs.is_complete(layout.venvs, record.venv)
@@ -55,6 +54,9 @@ def rollback(deployer: Deployer, target: str | None = None, lock_wait: float = 0
             deployer.recorder.send(report)
             return Outcome(outcome, code, record.sha, live.name, str(failure))
         state.mark_bad(live.sha, "rollback", f"rolled back by hand to {record.name}")
+        # Named by hand, the target is trusted again even if it was rolled away from before.
+        state.bad.pop(record.sha, None)
+        record.ok = True
         state.live = record.name
         state.releases[live.name].ok = False
         deployer.state_file.save(state)
@@ -67,15 +69,23 @@ def rollback(deployer: Deployer, target: str | None = None, lock_wait: float = 0
                        f"rolled back to {record.name}; {live.sha[:12]} marked bad")
 
 
-def _target(known: dict[str, ReleaseRecord], existing: set[str], live: ReleaseRecord,
-            name: str | None, previous: ReleaseRecord | None) -> ReleaseRecord:
+def _target(state: State, existing: set[str], live: ReleaseRecord,
+            name: str | None) -> ReleaseRecord:
+    """The release to go to: the previous good one, or the one named if it is still here."""
     if name is None:
+        previous = state.previous(existing)
         if previous is None:
-            raise UsageError("no previous release on disk to roll back to")
+            raise UsageError("no previous release on disk to roll back to; "
+                             "`watcher deploy REV` deploys any commit")
         return previous
     if name == live.name:
         raise UsageError(f"release {name} is already live")
-    if name not in existing or name not in known:
-        choices = ", ".join(sorted(n for n in existing if n in known and n != live.name))
-        raise UsageError(f"release {name} is gone or unknown; on disk: {choices or 'none'}")
-    return known[name]
+    if name in existing and name in state.releases:
+        return state.releases[name]
+    on_disk = ", ".join(sorted(n for n in existing if n in state.releases and n != live.name))
+    choices = f"releases on disk: {on_disk or 'none besides the live one'}"
+    deployed = {str(e.get("release")) for e in state.history} | set(state.releases)
+    if name in deployed:
+        raise UsageError(f"release {name} is gone (its directory was pruned or deleted); "
+                         f"{choices}")
+    raise UsageError(f"unknown release {name!r}; {choices}")
