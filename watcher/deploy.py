@@ -146,13 +146,15 @@ class Deployer:
             return self._finish(state, run, "failed", EXIT_FAILED, name, exc)
         run.migrations = built.migrations_applied
         mode = plan.action("reload") or "hup"
+        self.switcher.colour = live.colour if live else ""  # blue/green: the recorded colour
         try:
             self.switcher.go_live(name, sha, mode, steps)
         except WatcherError as exc:
             failure = exc if isinstance(exc, StepFailed) else StepFailed("reload", str(exc))
             state.mark_bad(sha, failure.step, failure.message)
             return self._roll_back(state, run, live, mode, name, failure)
-        state.releases[name] = ReleaseRecord(name=name, sha=sha, venv=digest)
+        state.releases[name] = ReleaseRecord(name=name, sha=sha, venv=digest,
+                                             colour=self.switcher.colour)
         state.live = name
         self.state_file.save(state)  # the new release is live and healthy: record it first
         self._after_switch(state, steps)
@@ -170,6 +172,7 @@ class Deployer:
         except WatcherError as rexc:
             log.error("rollback.failed", error=str(rexc))
             return self._finish(state, run, "rollback_failed", EXIT_ROLLBACK_FAILED, failed, exc)
+        live.colour = self.switcher.colour  # blue/green: the colour serving it now
         releases.remove(self.layout.release(failed))
         return self._finish(state, run, "rolled_back", EXIT_FAILED, live.name, exc)
 
@@ -232,9 +235,11 @@ class Deployer:
             other = self.layout.release(linked) if linked else None
             same_venv = other is not None and venvs.linked_hash(other) == live.venv
             steps = StepLog()
+            self.switcher.colour = live.colour  # blue/green: restart means swap
             try:
                 self.switcher.go_live(live.name, live.sha, "hup" if same_venv else "restart",
                                       steps, prefix="recover_")
+                live.colour = self.switcher.colour
             except WatcherError as exc:
                 log.error("recover.failed", error=str(exc))
             linked = live.name

@@ -35,7 +35,8 @@ def rollback(deployer: Deployer, target: str | None = None, lock_wait: float = 0
         steps = StepLog()
         run = deployer.recorder.start("rollback", state, record.sha, steps)
         same_venv = record.venv == live.venv and venvs.is_complete(layout.venvs, record.venv)
-        mode = "hup" if same_venv else "restart"
+        mode = "hup" if same_venv else "restart"  # with [bluegreen], restart swaps colours
+        deployer.switcher.colour = live.colour  # blue/green: the colour serving `live`
         try:
             deployer.switcher.go_live(record.name, record.sha, mode, steps)
         except WatcherError as exc:
@@ -45,6 +46,7 @@ def rollback(deployer: Deployer, target: str | None = None, lock_wait: float = 0
             try:
                 deployer.switcher.go_live(live.name, live.sha, mode, steps, prefix="undo_")
                 state.live = live.name
+                live.colour = deployer.switcher.colour  # blue/green: whichever serves it
                 code, outcome = EXIT_FAILED, "failed"
             except WatcherError:
                 code, outcome = EXIT_ROLLBACK_FAILED, "rollback_failed"
@@ -58,6 +60,7 @@ def rollback(deployer: Deployer, target: str | None = None, lock_wait: float = 0
         state.bad.pop(record.sha, None)
         record.ok = True
         state.live = record.name
+        record.colour = deployer.switcher.colour  # blue/green: the swap reversed
         state.releases[live.name].ok = False
         deployer.state_file.save(state)
         report = deployer.recorder.finish(run, "succeeded", record.name, None)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 import structlog
 
 from watcher import releases
+from watcher.bluegreen import BlueGreen
 from watcher.config import Config, read_secret
 from watcher.health import wait_healthy
 from watcher.log import register_secret
@@ -35,6 +36,18 @@ class Switcher:
         self.cfg = cfg
         self.layout = layout
         self.factory = supervisor_factory
+        self.bluegreen = BlueGreen(cfg) if cfg.bluegreen is not None else None
+
+    @property
+    def colour(self) -> str:
+        """The live blue/green colour ("" without [bluegreen], or unknown: then Supervisord
+        is asked). Set from state.json before going live; read after to record it."""
+        return self.bluegreen.colour if self.bluegreen is not None else ""
+
+    @colour.setter
+    def colour(self, value: str) -> None:
+        if self.bluegreen is not None:
+            self.bluegreen.colour = value
 
     @contextlib.contextmanager
     def supervisor(self) -> Iterator[Supervisor]:
@@ -44,16 +57,29 @@ class Switcher:
         finally:
             sup.close()
 
-    def reload(self, mode: str) -> None:
-        """HUP (code only), or stop+start (new venv) every program; wait for RUNNING."""
+    def reload(self, mode: str, sha: str = "") -> None:
+        """HUP (code only), or stop+start (new venv) every program; wait for RUNNING.
+
+        With [bluegreen] the colours go first: `hup` HUPs the live one, any other mode
+        (`restart`, `bluegreen`) swaps them, health-checking the new one for `sha` before the
+        old one stops. `supervisor.programs` (workers) are then reloaded as without it.
+        """
         rpc_mode = "hup" if mode == "hup" else "restart"
         programs = list(self.cfg.supervisor.programs)
         with self.supervisor() as sup:
+            if self.bluegreen is not None:
+                colour = self.bluegreen.reload(sup, mode, sha)
+                log.info("reload.done", colour=colour, mode=mode)
             for program in programs:
                 info = sup.reload(program, rpc_mode, self.cfg.supervisor.start_timeout)
                 log.info("reload.done", program=program, mode=rpc_mode, pid=info.pid)
 
     def health(self, sha: str) -> None:
+        bg = self.bluegreen
+        live = bg.by_name(bg.colour) if bg is not None else None
+        if bg is not None and live is not None:
+            took = bg.check(live, sha)
+            log.info("health.ok", url=live.health_url, colour=live.name, seconds=round(took, 2))
         url = self.cfg.health.url
         if not url:
             return
@@ -66,7 +92,7 @@ class Switcher:
         with steps.step(f"{prefix}switch", release=name):
             releases.switch(self.layout, name)
         with steps.step(f"{prefix}reload", mode=mode):
-            self.reload(mode)
-        if self.cfg.health.url:
+            self.reload(mode, sha)
+        if self.cfg.health.url or self.bluegreen is not None:
             with steps.step(f"{prefix}health"):
                 self.health(sha)

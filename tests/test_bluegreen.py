@@ -1,0 +1,146 @@
+"""Blue/green reloads end to end: real supervisord running the two colours, real Gunicorn,
+watcher run as a command. The tests share one sandbox and run in file order (each leaves
+the site healthy for the next). Runtime: about 40 s on two cores (two venv builds).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+from support.nginx import BlueGreenSite
+from support.site import log_events
+
+pytestmark = pytest.mark.slow
+REQUIREMENTS = "requirements.txt"
+HEALTHZ = 'return HttpResponse(f"ok {revision()}\\n", content_type="text/plain; charset=utf-8")'
+
+
+@pytest.fixture(scope="module")
+def bg() -> Iterator[BlueGreenSite]:
+    sandbox = BlueGreenSite.create(health_timeout="5s")
+    try:
+        yield sandbox
+    finally:
+        sandbox.close()
+
+
+def tail(res: subprocess.CompletedProcess[str]) -> str:
+    return f"exit {res.returncode}\nstdout: {res.stdout[-1500:]}\nstderr: {res.stderr[-4000:]}"
+
+
+def reload_action(res: subprocess.CompletedProcess[str]) -> str:
+    plans = [e["steps"] for e in log_events(res.stderr) if e.get("event") == "deploy.plan"]
+    return next(s for s in plans[-1] if s.startswith("reload:"))
+
+
+def once(bg: BlueGreenSite) -> subprocess.CompletedProcess[str]:
+    return bg.site.watcher("--once", timeout=240)
+
+
+def test_first_deploy_starts_blue(bg: BlueGreenSite) -> None:
+    """The first deploy starts blue only, on the new release, and records blue as live."""
+    sha = bg.site.head()
+    res = once(bg)
+    assert res.returncode == 0, tail(res)
+    assert bg.statename("blue") == "RUNNING"
+    assert bg.statename("green") == "STOPPED"
+    assert bg.served("blue") == sha
+    assert bg.recorded_colour() == "blue"
+
+
+def test_code_only_change_hups_the_live_colour(bg: BlueGreenSite) -> None:
+    """A code-only change HUPs blue (same master pid) and green stays stopped."""
+    pid = bg.program("blue")["pid"]
+    sha = bg.site.commit({"pages/about.txt": "code only\n"}, "A code-only change")
+    res = once(bg)
+    assert res.returncode == 0, tail(res)
+    assert reload_action(res) == "reload:hup"
+    assert bg.program("blue")["pid"] == pid
+    assert settled(bg, "blue", sha) == sha
+    assert bg.statename("green") == "STOPPED"
+    assert bg.recorded_colour() == "blue"
+
+
+def test_venv_change_swaps_to_green(bg: BlueGreenSite) -> None:
+    """A requirements change starts green on the new release and stops blue."""
+    reqs = bg.site.read(REQUIREMENTS)
+    sha = bg.site.commit({REQUIREMENTS: reqs + "# a new venv\n"}, "Change the requirements")
+    res = once(bg)
+    assert res.returncode == 0, tail(res)
+    assert reload_action(res) == "reload:bluegreen"
+    assert bg.statename("green") == "RUNNING"
+    assert bg.served("green") == sha
+    assert bg.statename("blue") == "STOPPED"
+    assert bg.recorded_colour() == "green"
+    assert bg.site.state()["last_check"]["result"] == "deployed"
+
+
+def test_rollback_reverses_the_swap(bg: BlueGreenSite) -> None:
+    """`watcher rollback` to the release with the old venv starts blue on it and stops
+    green; state records blue for the release now live."""
+    previous = bg.site.state()["history"][-2]["to_sha"]
+    res = bg.site.watcher("rollback", timeout=120)
+    assert res.returncode == 0, tail(res)
+    assert bg.statename("blue") == "RUNNING"
+    assert bg.served("blue") == previous
+    assert bg.statename("green") == "STOPPED"
+    assert bg.recorded_colour() == "blue"
+
+
+def test_unhealthy_idle_colour_rolls_back_with_the_old_colour_serving(
+        bg: BlueGreenSite) -> None:
+    """When green fails its health check it is stopped, blue (never touched) keeps serving
+    the old release, and the deploy is rolled_back with exit code 1."""
+    bg.set_reload("bluegreen")  # swap on every deploy: no venv build needed here
+    views = bg.site.read("pages/views.py")
+    assert HEALTHZ in views
+    live = bg.site.live_release()
+    blue_pid, old_sha = bg.program("blue")["pid"], bg.served("blue")
+    broken = views.replace(HEALTHZ, 'return HttpResponse("broken\\n", status=503)')
+    bg.site.commit({"pages/views.py": broken}, "Break the health check")
+    res = once(bg)
+    assert res.returncode == 1, tail(res)
+    assert bg.site.state()["history"][-1]["outcome"] == "rolled_back"
+    assert bg.statename("green") == "STOPPED"
+    assert bg.program("blue")["pid"] == blue_pid
+    assert bg.served("blue") == old_sha
+    assert bg.site.live_release() == live
+    assert bg.recorded_colour() == "blue"
+    assert "bluegreen.kept" in [e.get("event") for e in log_events(res.stderr)]
+    bg.site.commit({"pages/views.py": views}, "Fix the health check")
+    bg.set_reload("auto")
+    assert once(bg).returncode == 0
+
+
+def test_supervisord_wins_over_state_for_the_live_colour(bg: BlueGreenSite) -> None:
+    """When state names one colour but only the other runs (e.g. after a reboot that
+    autostarted it), a code-only deploy HUPs the running one and records it."""
+    recorded = bg.recorded_colour()
+    running = "green" if recorded == "blue" else "blue"
+    rpc = bg.site.sv.rpc()
+    rpc.startProcess(f"mysite_{running}", True)
+    rpc.stopProcess(f"mysite_{recorded}", True)
+    pid = bg.program(running)["pid"]
+    sha = bg.site.commit({"pages/about.txt": "again\n"}, "Another code-only change")
+    res = once(bg)
+    assert res.returncode == 0, tail(res)
+    assert reload_action(res) == "reload:hup"
+    assert bg.program(running)["pid"] == pid
+    assert settled(bg, running, sha) == sha
+    assert bg.statename(recorded) == "STOPPED"
+    assert bg.recorded_colour() == running
+    assert "bluegreen.state_disagrees" in [e.get("event") for e in log_events(res.stderr)]
+
+
+def settled(bg: BlueGreenSite, colour: str, expected: str, timeout: float = 5.0) -> str:
+    """What a colour serves once its old workers are gone (three answers in a row)."""
+    deadline = time.monotonic() + timeout
+    streak, seen = 0, ""
+    while time.monotonic() < deadline and streak < 3:
+        seen = bg.served(colour)
+        streak = streak + 1 if seen == expected else 0
+        time.sleep(0.1)
+    return seen

@@ -1,0 +1,149 @@
+"""Blue/green reloads (DESIGN §4 `[bluegreen]`): two Supervisord programs running Gunicorn
+from `<root>/current` on their own ports, both in Nginx's upstream, one live at a time.
+
+A swap runs after `current` was switched: start the idle colour (it boots the new release and
+venv), health-check it on its own URL for the new sha, wait `SETTLE_S` so Nginx has forgotten
+the failures it counted against the idle port while it was down, then stop the old colour
+(Supervisord's stop waits for Gunicorn's graceful shutdown: requests in flight finish, new
+connections are refused and Nginx passes them to the new colour). If the idle colour does not
+come up healthy it is stopped again and the old colour, never touched, keeps serving; the
+rollback that follows only has to switch `current` back (`keep` below).
+
+A code-only change HUPs the live colour: Gunicorn forks fresh workers from the new release.
+
+Which colour is live: the one state.json recorded, checked against Supervisord, which wins.
+After a reboot only the autostart colour runs (see supervisor/conf.d-bluegreen/), whatever
+state says. If both run (a kill between starting one and stopping the other), the recorded
+one is taken as live and the other is stopped after the reload, so one version serves.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from watcher.config import Config
+from watcher.errors import StepFailed, WatcherError
+from watcher.health import wait_healthy
+from watcher.supervisor_rpc import RUNNING, STOPPED_STATES, Supervisor
+
+log = structlog.get_logger()
+NAMES = ("blue", "green")
+# Must exceed the `fail_timeout` of the upstream servers in Nginx (examples/nginx/mysite.conf
+# uses 2s): a port Nginx counted as failed within fail_timeout is skipped, and if the new
+# colour were still counted as failed when the old one stops, Nginx would find no live
+# upstream and answer 502.
+SETTLE_S = 2.5
+# Supervisord SIGKILLs a program after its stopwaitsecs (30 in the shipped configs); wait a
+# little longer than that for the old colour's graceful stop.
+STOP_TIMEOUT_S = 45.0
+
+
+@dataclass(frozen=True)
+class Colour:
+    name: str  # "blue" | "green"
+    program: str  # its Supervisord program
+    health_url: str  # its own Gunicorn, not through Nginx
+
+
+class BlueGreen:
+    """The colours' side of a reload. `colour` is the live colour as far as we know ("" =
+    unknown, ask Supervisord); the deploy sets it from state and records it afterwards."""
+
+    def __init__(self, cfg: Config, *, settle: float = SETTLE_S,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        if cfg.bluegreen is None:
+            raise ValueError("blue/green needs a [bluegreen] section")
+        self.cfg = cfg
+        bg = cfg.bluegreen
+        self.colours = tuple(Colour(n, p, u) for n, p, u in
+                             zip(NAMES, bg.programs, bg.health_urls, strict=True))
+        self.colour = ""
+        self.settle = settle
+        self.sleep = sleep
+        # Set when a swap failed and left the old colour serving the old code: the rollback
+        # that follows has nothing to restart (its `current` switch back is all it needs).
+        self.keep = ""
+
+    # -- queries -------------------------------------------------------------------------
+    def by_name(self, name: str) -> Colour | None:
+        return next((c for c in self.colours if c.name == name), None)
+
+    def other(self, colour: Colour) -> Colour:
+        return self.colours[1] if colour is self.colours[0] else self.colours[0]
+
+    def find_live(self, sup: Supervisor) -> tuple[Colour | None, list[Colour]]:
+        """The live colour and any other colour that is up too (to be stopped)."""
+        up = [c for c in self.colours if sup.info(c.program).statename == RUNNING]
+        recorded = self.by_name(self.colour)
+        if not up:
+            if recorded is not None:
+                log.warning("bluegreen.none_running", recorded=self.colour)
+            return None, []
+        if len(up) == 1:
+            if recorded is not None and recorded is not up[0]:
+                log.warning("bluegreen.state_disagrees", recorded=self.colour,
+                            running=up[0].name)
+            return up[0], []
+        live = recorded or self.colours[0]
+        log.warning("bluegreen.both_running", live=live.name)
+        return live, [self.other(live)]
+
+    # -- reloads -------------------------------------------------------------------------
+    def reload(self, sup: Supervisor, mode: str, sha: str) -> str:
+        """`hup`: HUP the live colour; anything else: swap. Returns the live colour."""
+        keep, self.keep = self.keep, ""
+        live, extra = self.find_live(sup)
+        if live is None or (mode != "hup" and keep != live.name):
+            live = self._swap(sup, live, sha)  # restarts (and so replaces) any extra colour
+        else:
+            if keep == live.name:
+                log.info("bluegreen.kept", colour=live.name,
+                         reason="the failed swap never touched it: it serves this release")
+            else:
+                info = sup.reload(live.program, "hup", self.cfg.supervisor.start_timeout)
+                log.info("bluegreen.hup", colour=live.name, program=live.program, pid=info.pid)
+            for colour in extra:
+                sup.stop(colour.program, STOP_TIMEOUT_S)
+        self.colour = live.name
+        return live.name
+
+    def _swap(self, sup: Supervisor, live: Colour | None, sha: str) -> Colour:
+        idle = self.other(live) if live else (self.by_name(self.colour) or self.colours[0])
+        log.info("bluegreen.start", idle=idle.name, live=live.name if live else None)
+        if sup.info(idle.program).statename not in STOPPED_STATES:
+            sup.stop(idle.program, STOP_TIMEOUT_S)  # STARTING/BACKOFF leftovers: start afresh
+        try:
+            sup.start(idle.program, self.cfg.supervisor.start_timeout)
+            took = self.check(idle, sha)
+        except WatcherError as exc:
+            self._abandon(sup, idle, live)
+            message = exc.message if isinstance(exc, StepFailed) else str(exc)
+            raise StepFailed("health", f"{idle.name} ({idle.program}) did not come up on the "
+                             f"new release, {live.name if live else 'nothing'} keeps "
+                             f"serving: {message}") from exc
+        log.info("bluegreen.healthy", colour=idle.name, seconds=round(took, 2))
+        if live is not None:
+            self.sleep(self.settle)
+            sup.stop(live.program, STOP_TIMEOUT_S)
+            log.info("bluegreen.swapped", live=idle.name, stopped=live.name)
+        return idle
+
+    def _abandon(self, sup: Supervisor, idle: Colour, live: Colour | None) -> None:
+        try:
+            sup.stop(idle.program, STOP_TIMEOUT_S)
+        except WatcherError as exc:
+            log.error("bluegreen.stop_failed", colour=idle.name, error=str(exc))
+        if live is not None:
+            self.keep = live.name
+            self.colour = live.name
+
+    def check(self, colour: Colour, sha: str) -> float:
+        """Health-check one colour on its own URL; seconds it took."""
+        health = self.cfg.health
+        return wait_healthy(colour.health_url, timeout=health.timeout,
+                            expect=sha if health.expect_revision and sha else None,
+                            interval=health.interval)
