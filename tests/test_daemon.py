@@ -1,0 +1,292 @@
+"""`watcher run` as a real subprocess against a real site: polling, webhooks, hints, signals,
+the lock, an unreachable remote, /healthz and /metrics (DESIGN §5, §6)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from support.daemon import (
+    CHECK_EVENTS,
+    DaemonProcess,
+    code_change,
+    http_get,
+    post_github_push,
+    wait_served,
+)
+from support.site import Site
+from support.supervisord import free_port
+
+from watcher import lock
+from watcher.errors import LockHeld
+
+SECRET = "canary-hook-secret-d41e7"
+SLOW_HOOK = '[["sleep", "3"]]'
+NOW = {"git_interval": "60s"}  # only hints start a check after the first one
+
+pytestmark = pytest.mark.slow
+
+
+class Sandbox:
+    """The module's site, deployed once, and the port its daemons listen on."""
+
+    def __init__(self, site: Site, port: int) -> None:
+        self.site, self.port = site, port
+
+    def daemon(self, **overrides: str) -> DaemonProcess:
+        d = DaemonProcess(self.site, **overrides)
+        d.wait_for("check.unchanged")  # listening, and the first check is done
+        return d
+
+
+@pytest.fixture(scope="module")
+def box(site_factory: Callable[..., Site], tmp_path_factory: pytest.TempPathFactory) -> Sandbox:
+    secret = tmp_path_factory.mktemp("secret") / "webhook.secret"
+    secret.write_text(SECRET + "\n")
+    port = free_port()
+    site = site_factory(extra_config=(
+        f'[webhook]\nlisten = "127.0.0.1:{port}"\nsecret_file = "{secret}"\n'))
+    first = site.watcher("--once")
+    assert first.returncode == 0, first.stderr[-3000:]
+    return Sandbox(site, port)
+
+
+def kill_strays(root: Path) -> None:
+    """SIGKILL processes working inside `root` (hook children of a SIGKILLed daemon)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cwd = os.readlink(entry / "cwd")
+            except OSError:
+                continue
+            if cwd.startswith(str(root) + "/"):
+                os.kill(int(entry.name), signal.SIGKILL)
+
+
+def stamp(event: dict[str, object]) -> float:
+    return datetime.fromisoformat(str(event["timestamp"]).replace("Z", "+00:00")).timestamp()
+
+
+def test_poll_deploys_a_push_without_any_hint(box: Sandbox) -> None:
+    """With `git.interval = 1s` a push is live within about an interval plus the deploy."""
+    with box.daemon() as d:
+        sha = code_change(box.site, "polled")
+        pushed = time.monotonic()
+        took = wait_served(box.site, sha, timeout=20) - pushed
+        print(f"\npoll (interval 1s) push->serving: {took:.2f}s")
+        assert took < 6.0
+        assert d.named("hint.received") == []
+        assert d.stop() == 0
+
+
+def test_signed_webhook_deploys_within_seconds(box: Sandbox) -> None:
+    """A signed GitHub push hint deploys at once, not at the next (60 s away) poll."""
+    with box.daemon(**NOW) as d:
+        sha = code_change(box.site, "webhook")
+        sent = time.monotonic()
+        assert post_github_push(box.port, SECRET, sha) == 202
+        took = wait_served(box.site, sha, timeout=20) - sent
+        print(f"\nwebhook->serving latency (code-only change): {took:.2f}s")
+        assert took < 5.0
+        assert d.named("hint.received")[0]["source"] == "github"
+        assert d.stop() == 0
+
+
+def test_metrics_show_checks_deploys_and_live_revision(box: Sandbox) -> None:
+    """After a deploy /metrics counts the checks and the deploy and names the live sha."""
+    with box.daemon(**NOW) as d:
+        sha = code_change(box.site, "metrics")
+        assert post_github_push(box.port, SECRET, sha) == 202
+        d.wait_for("deploy.finished")
+        status, text = http_get(box.port, "/metrics")
+        assert status == 200
+        assert 'watcher_checks_total{result="unchanged"} 1.0' in text
+        assert 'watcher_checks_total{result="deployed"} 1.0' in text
+        assert 'watcher_deploys_total{outcome="succeeded"} 1.0' in text
+        assert 'watcher_deploys_total{outcome="rolled_back"} 0.0' in text
+        assert f'watcher_live_revision_info{{sha="{sha}"}} 1.0' in text
+        assert text.count("watcher_live_revision_info{") == 1
+        assert 'watcher_webhooks_total{forge="github",result="queued"} 1.0' in text
+        assert d.stop() == 0
+
+
+def test_hints_during_a_slow_deploy_coalesce_into_one_check(box: Sandbox) -> None:
+    """20 webhooks during a deploy (a 3 s pre_switch hook) lead to one follow-up check."""
+    with box.daemon(**NOW, hooks_pre_switch=SLOW_HOOK) as d:
+        sha = code_change(box.site, "coalesce")
+        d.signal(signal.SIGUSR1)
+        d.wait_step("pre_switch")
+        statuses = [post_github_push(box.port, SECRET, sha) for _ in range(20)]
+        assert statuses == [202] * 20
+        finished = d.wait_for("deploy.finished")
+        assert finished["outcome"] == "succeeded"
+        d.wait_for("check.unchanged", after=1)  # the follow-up
+        time.sleep(1.5)  # room for a second follow-up, which must not come
+        names = [e["event"] for e in d.events() if e["event"] in CHECK_EVENTS]
+        assert names == ["check.unchanged", "deploy.start", "check.unchanged"]
+        assert len(d.named("hint.received")) == 21
+        assert box.site.served_revision() == sha
+        assert d.stop() == 0
+
+
+def test_watcher_trigger_causes_a_check(box: Sandbox) -> None:
+    """`watcher trigger` exits 0 and the daemon checks the remote right away."""
+    with box.daemon(**NOW) as d:
+        asked = time.monotonic()
+        result = box.site.watcher("trigger", timeout=30)
+        assert result.returncode == 0, result.stderr
+        assert "took the hint" in result.stdout
+        d.wait_for("check.unchanged", after=1, timeout=5)
+        assert time.monotonic() - asked < 5
+        assert [e["source"] for e in d.named("hint.received")] == ["trigger"]
+        assert d.stop() == 0
+
+
+def test_sigusr1_causes_a_check(box: Sandbox) -> None:
+    """SIGUSR1 wakes the daemon for a check now."""
+    with box.daemon(**NOW) as d:
+        d.signal(signal.SIGUSR1)
+        d.wait_for("check.unchanged", after=1, timeout=5)
+        assert [e["source"] for e in d.named("hint.received")] == ["sigusr1"]
+        assert d.stop() == 0
+
+
+def test_once_during_a_daemon_deploy_names_the_lock_holder(box: Sandbox) -> None:
+    """A `watcher --once` while the daemon deploys exits 3 and says which pid holds the lock."""
+    with box.daemon(**NOW, hooks_pre_switch=SLOW_HOOK) as d:
+        code_change(box.site, "locked")
+        d.signal(signal.SIGUSR1)
+        d.wait_step("pre_switch")
+        second = box.site.watcher("--once", timeout=60)
+        assert second.returncode == 3, second.stderr[-2000:]
+        assert f"pid {d.pid}" in second.stderr
+        status = box.site.watcher("status", "--json")
+        assert f'"lock_holder": {d.pid}' in status.stdout
+        assert d.wait_for("deploy.finished")["outcome"] == "succeeded"
+        assert d.stop() == 0
+
+
+def test_lock_of_a_sigkilled_holder_is_taken_over(tmp_path: Path) -> None:
+    """lock.acquire refuses while a live process holds the lock, and takes it once it is
+    SIGKILLed (the kernel drops the flock with the process)."""
+    path = tmp_path / "lock"
+    code = ("import sys, time\nfrom pathlib import Path\nfrom watcher import lock\n"
+            "with lock.acquire(Path(sys.argv[1])):\n    print('\\nheld', flush=True)\n"
+            "    time.sleep(60)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(path)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        assert "held\n" in iter(holder.stdout.readline, "")  # after structlog's debug line
+        assert lock.holder(path) == holder.pid
+        with pytest.raises(LockHeld, match=rf"pid {holder.pid}\b"), lock.acquire(path):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    assert lock.holder(path) is None
+    with lock.acquire(path):
+        assert lock.holder(path) == os.getpid()
+
+
+def test_daemon_sigkilled_mid_deploy_is_recovered_by_the_next_once(box: Sandbox) -> None:
+    """After a SIGKILL during pre_switch the next `--once` takes the lock, drops the
+    half-built release and deploys the commit."""
+    site = box.site
+    with box.daemon(**NOW, hooks_pre_switch=SLOW_HOOK) as d:
+        sha = code_change(site, "killed")
+        d.signal(signal.SIGUSR1)
+        d.wait_step("pre_switch")
+        d.proc.kill()
+        d.proc.wait()
+    kill_strays(site.root / "releases")  # the hook's `sleep` lives in its own session
+    assert lock.holder(site.root / ".watcher" / "lock") is None
+    before = site.live_release()
+    result = site.watcher("--once")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert site.served_revision() == sha
+    assert site.live_release() != before
+    assert "recover.remove_release" in result.stderr
+
+
+def test_sigterm_during_pre_switch_leaves_the_old_release_and_retries(box: Sandbox) -> None:
+    """SIGTERM during a 30 s pre_switch hook: exit 0 within seconds, `current` and the served
+    revision unchanged, the commit not marked bad, and the next start deploys it."""
+    site = box.site
+    old_sha, old_release = site.served_revision(), site.live_release()
+    with box.daemon(**NOW, hooks_pre_switch='[["sleep", "30"]]') as d:
+        sha = code_change(site, "sigterm-early")
+        d.signal(signal.SIGUSR1)
+        d.wait_step("pre_switch")
+        asked = time.monotonic()
+        assert d.stop(timeout=10) == 0
+        took = time.monotonic() - asked
+    print(f"\nSIGTERM during pre_switch -> exit: {took:.2f}s")
+    assert took < 3.0
+    assert site.live_release() == old_release
+    assert site.served_revision() == old_sha
+    assert sha not in site.state()["bad"]
+    assert [p for p in (site.root / "releases").iterdir() if sha[:12] in p.name] == []
+    with box.daemon(git_interval="1s") as again:
+        wait_served(site, sha, timeout=30)
+        assert again.stop() == 0
+
+
+def test_sigterm_after_the_switch_finishes_reload_and_health(box: Sandbox) -> None:
+    """SIGTERM while a switched release is being health-checked (a slow /healthz) lets the
+    deploy finish and record itself before the daemon exits 0."""
+    site = box.site
+    views = site.read("pages/views.py")
+    slow = views.replace('    """Liveness for watcher and load balancers; never touches the '
+                         'database."""\n',
+                         '    """Liveness, slowly."""\n    import time\n    time.sleep(1.5)\n')
+    assert slow != views
+    with box.daemon(**NOW) as d:
+        sha = site.commit({"pages/views.py": slow}, "A slow health check")
+        d.signal(signal.SIGUSR1)
+        d.wait_step("health")
+        assert d.stop(timeout=60) == 0
+        names = [e["event"] for e in d.events()]
+        assert names.index("daemon.stopping") < names.index("deploy.finished")
+        assert d.named("deploy.finished")[0]["outcome"] == "succeeded"
+        assert [e["outcome"] for e in d.named("step.end") if e["step"] == "health"] == ["ok"]
+    assert site.served_revision() == sha
+    assert site.state()["releases"][site.state()["live"]]["sha"] == sha
+    site.commit({"pages/views.py": views}, "A fast health check again")
+    assert site.watcher("--once").returncode == 0
+
+
+def test_unreachable_remote_backs_off_and_turns_healthz_503(box: Sandbox) -> None:
+    """With the remote gone the daemon keeps running, backs off, answers 503 on /healthz
+    after 3 failed checks, and 200 again once the remote is back."""
+    site = box.site
+    moved = site.remote.with_name("remote.moved")
+    with box.daemon(git_interval="0.3s") as d:
+        assert http_get(box.port, "/healthz")[0] == 200
+        site.remote.rename(moved)
+        try:
+            d.wait_for("check.failed", after=2, timeout=20)
+            status, body = http_get(box.port, "/healthz")
+            assert status == 503, body
+            assert '"consecutive_failures": 3' in body
+            assert d.proc.poll() is None
+            t1, t2, t3 = (stamp(e) for e in d.named("check.failed")[:3])
+            assert t2 - t1 > 0.45  # more than the 0.3 s interval: backed off
+            assert (t3 - t2) > 1.4 * (t2 - t1), (t1, t2, t3)
+            failed = d.named("check.failed")[0]
+            assert failed["result"] == "transient"
+            assert re.search(r"ls-remote .*remote\.git failed", failed["error"])
+        finally:
+            moved.rename(site.remote)
+        already = len(d.named("check.unchanged"))
+        d.wait_for("check.unchanged", after=already, timeout=20)
+        assert http_get(box.port, "/healthz")[0] == 200
+        assert d.stop() == 0
