@@ -12,6 +12,7 @@ from watcher import __version__
 from watcher.config import Config
 from watcher.errors import StepFailed
 from watcher.log import scrub
+from watcher.notify_email import EmailNotifier, enabled
 from watcher.releases import Layout
 from watcher.report import Commit, ErrorInfo, Report, Reporter, ReportTarget, new_report_id
 from watcher.state import State
@@ -42,6 +43,10 @@ class Recorder:
                                   format=cfg.report.format, timeout_s=cfg.report.timeout,
                                   budget_s=cfg.report.budget)
             self.reporter = Reporter(target, layout.state_dir / "spool")
+        self.emailer: EmailNotifier | None = None
+        if cfg.email is not None and enabled(cfg.email):
+            self.emailer = EmailNotifier(cfg.email, layout.state_dir / "spool-email",
+                                         str(cfg.path))
 
     def start(self, event: str, state: State, to_sha: str, steps: StepLog) -> Run:
         live = state.live_record()
@@ -76,11 +81,17 @@ class Recorder:
         return doc
 
     def send(self, report: Report) -> None:
+        """To the logging API and, for the outcomes in notify.email.on, by mail; both spool
+        what they cannot deliver and never raise."""
         if self.reporter is not None:
             self.reporter.send(report)
+        if self.emailer is not None:
+            self.emailer.send(report)
 
     def flush(self) -> int:
-        return self.reporter.flush() if self.reporter is not None else 0
+        """Re-send spooled reports and mails; how many went out."""
+        sent = self.reporter.flush() if self.reporter is not None else 0
+        return sent + (self.emailer.flush() if self.emailer is not None else 0)
 
 
 def _iso(ts: float) -> str:
