@@ -1,0 +1,77 @@
+"""Zero downtime through a real Nginx (the shipped examples/nginx/mysite.conf): steady load
+during a blue/green deploy drops nothing, and the same load during a plain stop+start of
+the only upstream does drop requests, which shows the load can see a failure.
+Runtime: about 40 s on two cores (two venv builds, two short load runs).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support.nginx import BlueGreenSite, Load, Nginx
+
+pytestmark = pytest.mark.slow
+RATE = 120  # requests per second, from 4 threads over keep-alive connections
+
+
+@pytest.fixture(scope="module")
+def bg() -> Iterator[BlueGreenSite]:
+    sandbox = BlueGreenSite.create(health_timeout="10s")
+    try:
+        res = sandbox.site.watcher("--once", timeout=240)
+        assert res.returncode == 0, res.stderr[-3000:]
+        yield sandbox
+    finally:
+        sandbox.close()
+
+
+def tail(res: subprocess.CompletedProcess[str]) -> str:
+    return f"exit {res.returncode}\nstderr: {res.stderr[-3000:]}"
+
+
+def test_bluegreen_deploy_under_load_drops_nothing(bg: BlueGreenSite, tmp_path: Path) -> None:
+    """Load through Nginx across a venv-changing deploy: blue hands over to green with zero
+    failed requests, and answers name the old sha and then the new one."""
+    old = bg.site.head()
+    reqs = bg.site.read("requirements.txt")
+    new = bg.site.commit({"requirements.txt": reqs + "# new venv\n"}, "Change requirements")
+    with Nginx(tmp_path / "nginx", [bg.ports["blue"], bg.ports["green"]], bg.site.root) as nx:
+        load = Load(nx.url + "/healthz", rate=RATE, max_seconds=120).start()
+        try:
+            res = bg.site.watcher("--once", timeout=240)
+            time.sleep(1.0)  # a little load after the old colour has stopped
+        finally:
+            result = load.stop()
+        log = nx.log_tail()
+    print(f"\nblue/green deploy under load: {result.total} requests, {result.failed} failed, "
+          f"p99 {result.p99() * 1000:.1f} ms")
+    assert res.returncode == 0, tail(res)
+    assert bg.statename("green") == "RUNNING" and bg.statename("blue") == "STOPPED"
+    assert result.failed == 0, f"{result.errors}; nginx: {log}"
+    assert result.total >= 300
+    assert result.bodies.get(f"ok {old}", 0) > 0 and result.bodies.get(f"ok {new}", 0) > 0
+
+
+def test_plain_restart_under_load_drops_requests(bg: BlueGreenSite, tmp_path: Path) -> None:
+    """With Nginx pointing at the live program only, a stop+start of it (the seed's
+    `supervisorctl restart`) fails requests under the same load."""
+    live = bg.recorded_colour()
+    with Nginx(tmp_path / "nginx", [bg.ports[live]], bg.site.root) as nx:
+        load = Load(nx.url + "/healthz", rate=RATE, max_seconds=60).start()
+        try:
+            time.sleep(0.5)
+            rpc = bg.site.sv.rpc()
+            rpc.stopProcess(f"mysite_{live}", True)
+            rpc.startProcess(f"mysite_{live}", True)
+            time.sleep(0.5)
+        finally:
+            result = load.stop()
+    print(f"\nplain restart under load: {result.total} requests, {result.failed} failed "
+          f"{result.errors}")
+    assert bg.statename(live) == "RUNNING"
+    assert result.failed > 0, f"no failures in {result.total} requests"
+    assert result.ok > 0
