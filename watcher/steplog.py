@@ -46,6 +46,9 @@ class StepLog:
         except WatcherError as exc:
             self._end(name, "failed", started, error=str(exc))
             raise StepFailed(name, str(exc)) from exc
+        except OSError as exc:  # a full disk, an immutable or missing dir: this step failed
+            self._end(name, "failed", started, error=str(exc))
+            raise StepFailed(name, str(exc)) from exc
         except BaseException:
             self._end(name, "failed", started, error="interrupted")
             raise
