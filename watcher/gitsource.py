@@ -78,7 +78,7 @@ class GitSource:
         except StepFailed as exc:
             raise RemoteUnreachable(
                 f"git ls-remote {scrub(self.cfg.remote)} failed: {exc.message}: "
-                f"{_last_line(exc.output_tail)}"
+                f"{_reason(exc.output_tail)}"
             ) from None
         for line in out.splitlines():
             sha, _, name = line.partition("\t")
@@ -100,7 +100,7 @@ class GitSource:
         except StepFailed as exc:
             raise RemoteUnreachable(
                 f"git fetch from {scrub(self.cfg.remote)} failed: {exc.message}: "
-                f"{_last_line(exc.output_tail)}"
+                f"{_reason(exc.output_tail)}"
             ) from None
 
     def resolve(self, rev: str) -> str:
@@ -169,9 +169,18 @@ def _repo(path: Path) -> Iterator[git.Repo]:
         repo.close()  # ends the persistent `git cat-file` helpers GitPython started
 
 
-def _last_line(text: str) -> str:
-    lines = [line for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else "no output"
+# git's trailer after any transport failure: true, and useless as the reason.
+_BOILERPLATE = ("fatal: could not read from remote repository.",
+                "please make sure you have the correct access rights",
+                "and the repository exists.")
+
+
+def _reason(text: str) -> str:
+    """The telling end of git's output: its last two lines that are not the generic trailer
+    ("Host key for [h]:22 has changed ... Host key verification failed.")."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    telling = [line for line in lines if line.lower() not in _BOILERPLATE]
+    return " ".join((telling or lines)[-2:]) or "no output"
 
 
 def _quote(arg: str) -> str:
