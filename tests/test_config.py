@@ -45,7 +45,8 @@ def test_durations(text: object, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["abc", "5d", "", "-5s", -1, True, "1.5.2", "5 minutes", None])
+@pytest.mark.parametrize("text", ["abc", "5d", "", "-5s", -1, True, "1.5.2", "5 minutes", None,
+                                  float("nan"), float("inf")])
 def test_bad_durations(text: object) -> None:
     """Anything else is refused with ValueError (negative numbers and booleans included)."""
     with pytest.raises(ValueError, match="duration"):
@@ -64,6 +65,16 @@ def test_bad_duration_names_key_and_file() -> None:
     """A bad duration names the key and the config file."""
     msg = error_of(health={"timeout": "soon"})
     assert "/etc/watcher/t.toml" in msg and "health.timeout" in msg
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_toml_nan_and_inf_are_not_durations(tmp_path: Path, value: str) -> None:
+    """TOML's nan and inf are refused as durations (a poll loop cannot sleep nan seconds)."""
+    path = tmp_path / "w.toml"
+    path.write_text('[app]\nname = "m"\nroot = "/srv/m"\n[supervisor]\nprograms = ["m"]\n'
+                    f'[git]\nremote = "/srv/r.git"\ninterval = {value}\n')
+    with pytest.raises(ConfigError, match=rf"{path}: git\.interval"):
+        load(path, environ={})
 
 
 # -- types, required keys, sections -------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import shlex
 from pathlib import Path
@@ -31,6 +32,8 @@ def parse_duration(value: object) -> float:
     if isinstance(value, (int, float)):
         if value < 0:
             raise ValueError("a duration cannot be negative")
+        if not math.isfinite(value):  # TOML has nan and inf; a sleep(nan) would crash later
+            raise ValueError(f"not a duration: {value!r}")
         return float(value)
     if isinstance(value, str):
         m = _DURATION.match(value)
