@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import structlog
 
@@ -61,6 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger = structlog.get_logger()
     try:
         cfg = load(config_path(getattr(args, "config", None)))
+        _register_secrets(cfg)
         return _handler(args.command)(cfg, args)
     except (ConfigError, UsageError) as exc:
         kind = "config error" if isinstance(exc, ConfigError) else "error"
@@ -73,6 +76,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         logger.warning("watcher.interrupted")
         return 130
+
+
+def _register_secrets(cfg: Config) -> None:
+    """Tell the scrubber every configured secret now, not at its first use: a step's output
+    (or an error) may carry one before watcher itself reads it. Each use reads the file
+    again and registers what it finds, so a rotated secret is blanked too. Best effort: an
+    unreadable file is reported where it is used."""
+    email = cfg.email.password_file if cfg.email is not None else ""
+    for path in (cfg.git.token_file, cfg.supervisor.password_file, cfg.report.token_file,
+                 cfg.webhook.secret_file, email):
+        if path:
+            with contextlib.suppress(OSError, UnicodeError):
+                log.register_secret(Path(path).read_text(encoding="utf-8").strip())
 
 
 def _handler(command: str) -> Handler:

@@ -22,6 +22,7 @@ import requests
 import structlog
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_random_exponential
 
+from watcher.log import register_secret
 from watcher.report_formats import auth_headers, mask, render
 from watcher.spool import Spool, increasing_time_ns
 
@@ -285,6 +286,7 @@ class Reporter:
             raise _Failed(f"cannot read report.token_file {path}: {type(exc).__name__}") from None
         if not token or not all("!" <= ch <= "~" for ch in token):  # would break the header
             raise _Failed(f"report.token_file {path} holds no usable token")
+        register_secret(token)  # blanked in every log line, not only in the document
         return token
 
     def _put(self, spool: Spool, doc: dict[str, Any]) -> None:
