@@ -231,6 +231,23 @@ def test_code_only_change_reloads_by_hup(day: Day) -> None:
     assert venv_of(site, new) == venv_of(site, old)
 
 
+def test_static_change_collects_static_again(day: Day) -> None:
+    """A changed static file is collected afresh (no hard link to the old copy) and the
+    program is still only HUPed."""
+    site = day.site
+    old, pid = site.live_release(), site.master_pid()
+    css = "pages/static/pages/site.css"
+    site.commit({css: site.read(css) + "\nfooter { color: #555; }\n"}, "Style the footer")
+    res = day.deploy()
+    new = site.live_release()
+    assert {"collectstatic:run", "reload:hup"} <= set(plan_of(res))
+    collected = Path("staticfiles") / "pages" / "site.css"
+    new_css = site.root / "releases" / new / collected
+    assert "footer { color: #555; }" in new_css.read_text()
+    assert new_css.stat().st_ino != (site.root / "releases" / old / collected).stat().st_ino
+    assert site.master_pid() == pid
+
+
 # -- 3. requirements change ---------------------------------------------------------------
 def test_requirements_change_builds_a_venv_and_restarts(day: Day) -> None:
     """A requirements change builds a new venvs/<hash> and restarts the program (new pid)."""
@@ -343,6 +360,8 @@ def test_health_failure_rolls_back(day: Day) -> None:
     report = last_report(site)
     assert (report["outcome"], report["to_sha"], report["release"]) == (
         "rolled_back", bad, live)
+    assert report["from_sha"] == live_sha
+    assert [c["subject"] for c in report["commits"]] == ["Health answers 500"]
     assert report["error"]["step"] == "health"
     steps = {s["name"]: s["outcome"] for s in report["steps"]}
     assert steps["health"] in ("failed", "timeout")
