@@ -228,14 +228,22 @@ def test_the_daemon_check_does_not_undo_a_rollback(session: Session) -> None:
 
 
 def test_rollback_to_a_named_release(session: Session) -> None:
-    """`watcher rollback RELEASE` goes to that (older) release, not merely the previous one."""
+    """`watcher rollback RELEASE` goes to that release, not merely the previous one, even to
+    one rolled away from before (named by hand, it is trusted again: its mark is cleared)."""
     site = session.site
-    first = session.releases[0]
+    first, third = session.releases[0], session.releases[2]
+    b_sha, c_sha = session.shas[1], session.shas[2]
+    res = site.watcher("rollback", third)
+    assert res.returncode == 0, tail(res)
+    assert settled(site, c_sha) == c_sha
+    state = site.state()
+    assert (state["live"], state["releases"][third]["ok"]) == (third, True)
+    assert c_sha not in state["bad"] and b_sha in state["bad"]
     res = site.watcher("rollback", first)
     assert res.returncode == 0, tail(res)
     assert settled(site, session.shas[0]) == session.shas[0]
     assert site.live_release() == first == site.state()["live"]
-    assert session.shas[1] in site.state()["bad"]
+    assert c_sha in site.state()["bad"]
 
 
 def test_rollback_refuses_what_it_cannot_do(session: Session) -> None:
