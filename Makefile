@@ -3,7 +3,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 WHEELHOUSE := build/wheelhouse
-REQS := examples/mysite/requirements.txt
+# Both example apps' requirements go into one cache, built by one `pip wheel` run (mysqlclient
+# is compiled there, against libmariadb-dev, once).
+REQS := examples/mysite/requirements.txt examples/fullstack/requirements.txt
 PYTEST_ARGS ?=
 
 .PHONY: help install system-deps wheelhouse lint typecheck pytest test demo demo-stop bench clean
@@ -30,7 +32,7 @@ system-deps:
 # The example app's wheels, built once and reused by every venv the tests and demo build.
 $(WHEELHOUSE)/.complete: $(REQS) | $(VENV)/.installed
 	mkdir -p $(WHEELHOUSE)
-	$(BIN)/pip wheel -q --disable-pip-version-check -r $(REQS) -w $(WHEELHOUSE)
+	$(BIN)/pip wheel -q --disable-pip-version-check $(addprefix -r ,$(REQS)) -w $(WHEELHOUSE)
 	touch $@
 
 wheelhouse: $(WHEELHOUSE)/.complete

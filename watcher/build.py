@@ -94,7 +94,8 @@ class Builder:
         if action == "carry":
             target = inspection.static_dir_in(self.release)
             if target is None:
-                self.steps.skipped("collectstatic", "STATIC_ROOT is outside the release")
+                self.steps.skipped("collectstatic", "no change, and nothing local to carry: "
+                                   "remote static storage or STATIC_ROOT outside the release")
                 return
             source = live_release / target.relative_to(self.release) if live_release else None
             if source is not None and source.is_dir():

@@ -1,0 +1,43 @@
+"""Gunicorn settings for the full-stack example site, shipped inside each release.
+
+Behind Nginx it binds a unix socket: Supervisord's program sets
+``GUNICORN_BIND=unix:/run/mysite/gunicorn.sock`` (supervisor/conf.d-fullstack/mysite.conf),
+and Nginx proxies to that socket (examples/nginx/mysite-fullstack.conf).
+
+Supervisord starts Gunicorn with ``--chdir /srv/mysite/current`` and
+``-c /srv/mysite/current/gunicorn.conf.py``. On SIGHUP Gunicorn re-reads this file through
+the `current` symlink, chdirs there again and forks fresh workers that import the new
+release's code. Two things would break that, so neither is done here:
+
+* the app is not loaded in the master (no preloading): a preloaded app is inherited by
+  every new worker, and a HUP would keep serving the old code;
+* no ``chdir`` here: the command line names the symlink, never a resolved release path.
+
+Every setting can be changed per host through the environment (``.env`` is not read here:
+put these in the Supervisord program's ``environment=``).
+"""
+
+import os
+
+wsgi_app = "mysite.wsgi:application"
+
+# A unix socket (or loopback): Nginx is the one talking to the world.
+bind = os.environ.get("GUNICORN_BIND", "unix:/run/mysite/gunicorn.sock")
+# The socket is created with this umask: 0o007 leaves it rw for the deploy user and the
+# group (www-data, so Nginx can connect; see /run/mysite's owner in the guide).
+umask = int(os.environ.get("GUNICORN_UMASK", "0o007"), 8)
+workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
+
+# A worker silent for longer than this is killed and replaced.
+timeout = 30
+# After a HUP or TERM, old workers get this long to finish the requests they hold.
+# Supervisord's stopwaitsecs must stay above it, or it SIGKILLs requests in flight.
+graceful_timeout = 20
+
+# Errors to stderr (Supervisord's log); the access log is off unless GUNICORN_ACCESS_LOG is
+# set ("-" for stdout), since Nginx already keeps one.
+errorlog = "-"
+accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
+loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
+
+proc_name = os.environ.get("GUNICORN_PROC_NAME", "mysite")

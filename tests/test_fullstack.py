@@ -1,0 +1,424 @@
+"""The whole stack, end to end: MariaDB, Redis, Nginx, Supervisord and Gunicorn on a unix
+socket, the full-stack example app, SMTP and a logging API, with watcher run as a command.
+
+Everything runs for real in one temp dir: Debian's mariadbd and redis-server (unix sockets
+only), Nginx with the shipped `examples/nginx/mysite-fullstack.conf`, Supervisord with the
+shipped `supervisor/conf.d-fullstack/mysite.conf` (paths moved into the sandbox). The
+tests run in file order against one stack, each deploy building on the one before.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.logapi import LogAPI
+from support.nginx import Nginx
+from support.services import Mail, MariaDB, Redis, SMTPServer
+from support.site import REPO_ROOT, git, log_events, make_remote, wheelhouse
+from support.supervisord import SupervisordProcess, free_port
+
+pytestmark = pytest.mark.slow
+
+FULLSTACK = REPO_ROOT / "examples" / "fullstack"
+NGINX_CONF = REPO_ROOT / "examples" / "nginx" / "mysite-fullstack.conf"
+PROGRAM_CONF = REPO_ROOT / "supervisor" / "conf.d-fullstack" / "mysite.conf"
+DB_PASSWORD = "canary-db-pass-4e7a91c2d0"  # must never leave shared/.env
+SMTP_PASSWORD = "canary-smtp-pass-5b0c8e"
+REPORT_TOKEN = "canary-report-token-19af3"
+CANARIES = (DB_PASSWORD, SMTP_PASSWORD, REPORT_TOKEN)
+
+
+def _sub(text: str, old: str, new: str) -> str:
+    """Replace `old` (which must be there: the shipped file changing shape fails loudly)."""
+    if old not in text:
+        raise AssertionError(f"{old!r} is no longer in the shipped config")
+    return text.replace(old, new)
+
+
+def render_nginx(port: int, health_port: int, hooks_port: int, root: Path, sock: Path) -> str:
+    """The shipped server config with the sandbox's ports, app root and Gunicorn socket."""
+    text = NGINX_CONF.read_text(encoding="utf-8")
+    text = re.sub(r"^\s*listen \[::\]:80;\n", "", text, flags=re.M)
+    text = _sub(text, "listen 80;", f"listen 127.0.0.1:{port};")
+    text = _sub(text, "listen 127.0.0.1:8000;", f"listen 127.0.0.1:{health_port};")
+    text = _sub(text, "127.0.0.1:9090", f"127.0.0.1:{hooks_port}")
+    text = _sub(text, "unix:/run/mysite/gunicorn.sock", f"unix:{sock}")
+    return _sub(text, "/srv/mysite", str(root))
+
+
+def render_program(root: Path, sock: Path, home: Path) -> str:
+    """The shipped [program:mysite] body, run as the test's user, not started at boot."""
+    body = PROGRAM_CONF.read_text(encoding="utf-8").split("[program:mysite]", 1)[1]
+    lines = [ln for ln in body.strip().splitlines()
+             if not ln.startswith(("user=", "stdout_logfile", ";"))]
+    text = "\n".join(lines) + "\n"
+    text = _sub(text, "unix:/run/mysite/gunicorn.sock", f"unix:{sock}")
+    text = _sub(text, "/srv/mysite", str(root))
+    text = _sub(text, "/home/deploy", str(home))
+    return _sub(text, "autostart=true", "autostart=false")  # no release yet at boot
+
+
+class Stack:
+    """Every server of the full stack, started in order and stopped in reverse."""
+
+    def __init__(self) -> None:
+        self.base = Path(tempfile.mkdtemp(prefix="fs", dir="/tmp"))  # short: socket paths
+        self._stops: list[Any] = []
+        self.outputs: list[str] = []  # every watcher run's stdout + stderr
+        self.root = self.base / "app"
+        self.sock = self.base / "run" / "gunicorn.sock"
+        self.sock.parent.mkdir()
+        self.remote, self.work = make_remote(self.base, FULLSTACK)
+        self.db = self._started(MariaDB(self.base / "db").start())
+        self.db.create_database("mysite", "mysite", DB_PASSWORD)
+        self.redis = self._started(Redis(self.base / "redis").start())
+        self.bucket = self.base / "bucket"
+        shared = self.root / "shared"
+        shared.mkdir(parents=True)
+        env = shared / ".env"
+        env.write_text(
+            "DJANGO_SECRET_KEY=fullstack-test-secret-key-0123456789abcdef\n"
+            f"MYSITE_DB_PASSWORD={DB_PASSWORD}\n"
+            f"MYSITE_DB_SOCKET={self.db.socket}\n"
+            f"MYSITE_REDIS_URL={self.redis.url}\n")
+        env.chmod(0o600)
+        self.smtp = self._started(SMTPServer(users={"watcher": SMTP_PASSWORD},
+                                             tls_dir=self.base).start())
+        self.api = self._started(LogAPI(lifetime_s=900))
+        self.hooks = self._started(LogAPI(lifetime_s=900))  # stands in for watcher's listener
+        self.sv = self._started(SupervisordProcess(self.base / "sv", {
+            "mysite": render_program(self.root, self.sock, self.base)}).start())
+        self.health_port = free_port()
+        self.nginx = Nginx(self.base / "nginx", upstreams=[free_port()], root=self.root)
+        (self.base / "nginx" / "site.conf").write_text(render_nginx(
+            self.nginx.port, self.health_port, self.hooks.port, self.root, self.sock))
+        self._started(self.nginx.start())
+        self.url = self.nginx.url
+        self.config = self._write_config()
+
+    def _started(self, server: Any) -> Any:
+        self._stops.append(server)
+        return server
+
+    def _write_config(self) -> Path:
+        for name, secret in (("smtp_password", SMTP_PASSWORD), ("report_token", REPORT_TOKEN)):
+            (self.base / name).write_text(secret + "\n")
+        config = self.base / "watcher.toml"
+        config.write_text(f"""
+[app]
+name = "mysite"
+root = "{self.root}"
+keep_releases = 3
+
+[git]
+remote = "{self.remote}"
+branch = "main"
+timeout = "30s"
+
+[build]
+python = "{sys.executable}"
+pip_args = ["--no-index", "--find-links", "{wheelhouse()}"]
+shared = [".env", "media"]
+
+[supervisor]
+url = "{self.sv.url}"
+programs = ["mysite"]
+start_timeout = "30s"
+
+[health]
+url = "http://127.0.0.1:{self.health_port}/healthz"
+timeout = "20s"
+interval = "0.2s"
+
+[report]
+url = "{self.api.url}"
+token_file = "{self.base / 'report_token'}"
+budget = "5s"
+
+[notify.email]
+smtp_url = "{self.smtp.url}"
+username = "watcher"
+password_file = "{self.base / 'smtp_password'}"
+sender = "watcher@example.com"
+to = ["ops@example.com"]
+""")
+        return config
+
+    def close(self) -> None:
+        for server in reversed(self._stops):
+            (server.close if hasattr(server, "close") else server.stop)()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    # -- the remote and watcher --------------------------------------------------------
+    def commit(self, files: dict[str, str | None], message: str) -> str:
+        for rel, text in files.items():
+            path = self.work / rel
+            if text is None:
+                path.unlink()
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text)
+        git("add", "-A", cwd=self.work)
+        git("commit", "-q", "-m", message, cwd=self.work)
+        git("push", "-q", "origin", "main", cwd=self.work)
+        return git("rev-parse", "HEAD", cwd=self.work)
+
+    def watcher(self, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHER_")}
+        env["SSL_CERT_FILE"] = str(self.smtp.cert)  # trust the SMTP server's own cert
+        res = subprocess.run([sys.executable, "-m", "watcher", *args, "--config",
+                              str(self.config)], capture_output=True, text=True,
+                             timeout=400, env=env, check=False)
+        self.outputs.append(res.stdout + res.stderr)
+        return res
+
+    def deploy(self, expect: int = 0) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+        """`watcher --once`; the report the logging API got for it."""
+        before = len(self.api.requests)
+        res = self.watcher("--once")
+        assert res.returncode == expect, res.stderr[-3000:]
+        (req,) = self.api.requests[before:]
+        report: dict[str, Any] = req.json
+        return res, report
+
+    def live(self) -> Path:
+        return (self.root / "current").resolve()
+
+    # -- through Nginx -------------------------------------------------------------------
+    def get(self, path: str, port: int | None = None) -> tuple[int, str]:
+        url = f"http://127.0.0.1:{port}{path}" if port else self.url + path
+        try:
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def served_sha(self) -> str:
+        status, body = self.get("/healthz", self.health_port)
+        return body.split()[-1] if status == 200 else f"HTTP {status}"
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    made = Stack()
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def steps(report: dict[str, Any]) -> dict[str, str]:
+    return {s["name"]: s["outcome"] for s in report["steps"]}
+
+
+def events(res: subprocess.CompletedProcess[str]) -> list[str]:
+    return [e["event"] for e in log_events(res.stderr + res.stdout)]
+
+
+MIGRATION_0002 = '''from django.db import migrations, models
+
+
+class Migration(migrations.Migration):
+    dependencies = [("pages", "0001_initial")]
+    operations = [
+        migrations.AddField("visit", "referrer",
+                            models.CharField(max_length=200, null=True, blank=True)),
+    ]
+'''
+MIGRATION_0003 = '''from django.db import migrations, models
+
+
+class Migration(migrations.Migration):
+    dependencies = [("pages", "0002_visit_referrer")]
+    operations = [migrations.AddField("visit", "note", models.TextField(null=True))]
+'''
+MIGRATION_0004 = '''from django.db import migrations
+
+
+def backfill(apps, schema_editor):
+    {body}
+
+
+class Migration(migrations.Migration):
+    dependencies = [("pages", "0003_visit_note")]
+    operations = [migrations.RunPython(backfill, migrations.RunPython.noop)]
+'''
+
+
+def models_with(*fields: str) -> str:
+    extra = "".join(f"    {f}\n" for f in fields)
+    return ("from django.db import models\n\n\nclass Visit(models.Model):\n"
+            '    """One request to the front page."""\n\n'
+            "    created_at = models.DateTimeField(auto_now_add=True, db_index=True)\n"
+            f"{extra}")
+
+
+def test_first_deploy_creates_the_tables_in_mariadb(stack: Stack) -> None:
+    """The first deploy builds the venv (mysqlclient, redis), migrates MariaDB and goes live."""
+    _, report = stack.deploy()
+    assert report["outcome"] == "succeeded"
+    assert report["migrations_applied"][-1] == "pages.0001_initial"
+    tables = stack.db.sql("SHOW TABLES FROM mysite").split()
+    assert {"pages_visit", "django_migrations"} <= set(tables)
+    assert stack.served_sha() == git("rev-parse", "HEAD", cwd=stack.work)
+    assert stack.smtp.messages == []  # a success is not mailed
+
+
+def test_a_page_through_nginx_writes_mysql_and_redis(stack: Stack) -> None:
+    """GET / through Nginx and the Gunicorn socket adds a row in MariaDB and a Redis hit."""
+    for _ in range(2):
+        status, body = stack.get("/")
+        assert status == 200, body
+    assert 'Visits in MySQL: <span class="visits">2</span>' in body
+    assert stack.db.sql("SELECT COUNT(*) FROM mysite.pages_visit") == "2"
+    assert stack.redis.cli("GET", "mysite:1:pages:visits") == "2"
+    assert stack.get("/visits") == (200, "mysql=2 redis=2\n")
+    # Gunicorn's socket, made with GUNICORN_UMASK=0o007: no access for "other" users.
+    assert stat.S_ISSOCK(stack.sock.stat().st_mode)
+    assert stack.sock.stat().st_mode & 0o777 == 0o770
+
+
+def test_nginx_proxies_hooks_with_a_body_limit(stack: Stack) -> None:
+    """/hooks/ reaches watcher's listener; a body over 1 MiB is refused by Nginx (413)."""
+    req = urllib.request.Request(stack.url + "/hooks/github", data=b"{}", method="POST")
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 202
+    assert [r.path for r in stack.hooks.requests] == ["/hooks/github"]
+    big = urllib.request.Request(stack.url + "/hooks/github", data=b"x" * (1024 * 1024 + 1),
+                                 method="POST")
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(big, timeout=10)
+    assert info.value.code == 413
+    assert len(stack.hooks.requests) == 1
+    assert stack.get("/metrics")[0] == 404  # watcher's /metrics is not exposed: the app 404s
+
+
+def test_static_files_are_served_from_the_live_release_after_a_code_only_deploy(
+        stack: Stack) -> None:
+    """Nginx serves /static/ from `current`; a code-only deploy carries the files over."""
+    css = (FULLSTACK / "pages" / "static" / "pages" / "site.css").read_text()
+    assert stack.get("/static/pages/site.css") == (200, css)
+    old = stack.live()
+    sha = stack.commit({"pages/templates/pages/index.html":
+                        (stack.work / "pages/templates/pages/index.html").read_text()
+                        .replace("<h1>mysite</h1>", "<h1>mysite, full stack</h1>")},
+                       "Retitle the front page")
+    res, report = stack.deploy()
+    assert report["outcome"] == "succeeded" and steps(report)["reload"] == "ok"
+    assert "collectstatic.carried" in events(res)
+    assert stack.live() != old and stack.served_sha() == sha
+    assert stack.get("/static/pages/site.css") == (200, css)
+    new_file = stack.live() / "staticfiles" / "pages" / "site.css"
+    assert new_file.stat().st_ino == (old / "staticfiles/pages/site.css").stat().st_ino
+    assert "full stack" in stack.get("/")[1]
+
+
+def test_a_migration_adding_a_column_deploys(stack: Stack) -> None:
+    """A new nullable column is added in MariaDB and the new code serves."""
+    stack.commit({"pages/models.py": models_with(
+                      "referrer = models.CharField(max_length=200, null=True, blank=True)"),
+                  "pages/migrations/0002_visit_referrer.py": MIGRATION_0002},
+                 "Record the referrer")
+    _, report = stack.deploy()
+    assert report["migrations_applied"] == ["pages.0002_visit_referrer"]
+    assert stack.db.sql("SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE "
+                        "TABLE_SCHEMA='mysite' AND TABLE_NAME='pages_visit' "
+                        "AND COLUMN_NAME='referrer'") == "referrer"
+    assert stack.get("/")[0] == 200
+
+
+def test_a_migration_failing_after_its_ddl_keeps_the_old_release_and_says_so(
+        stack: Stack) -> None:
+    """MySQL DDL is not transactional: 0003 adds a column, 0004 raises; the old release keeps
+    serving, exit 1, and the report and the mail name the migration that did run."""
+    live, live_sha = stack.live(), stack.served_sha()
+    before = len(stack.smtp.messages)
+    stack.commit({"pages/models.py": models_with(
+                      "referrer = models.CharField(max_length=200, null=True, blank=True)",
+                      "note = models.TextField(null=True)"),
+                  "pages/migrations/0003_visit_note.py": MIGRATION_0003,
+                  "pages/migrations/0004_backfill.py": MIGRATION_0004.format(
+                      body='raise RuntimeError("backfill of visit notes failed")')},
+                 "Add notes and backfill them")
+    _, report = stack.deploy(expect=1)
+    assert report["outcome"] == "failed" and report["error"]["step"] == "migrate"
+    assert report["migrations_applied"] == ["pages.0003_visit_note"]
+    assert "the schema may be partly changed" in report["error"]["message"]
+    assert "backfill of visit notes failed" in report["error"]["output_tail"]
+    # The DDL of 0003 stayed: the column exists, yet the old code keeps serving and writing.
+    assert "note" in stack.db.sql("SHOW COLUMNS FROM mysite.pages_visit").split()
+    assert stack.live() == live and stack.served_sha() == live_sha
+    assert stack.get("/")[0] == 200
+    (mail,) = stack.smtp.wait_for(before + 1)[before:]
+    check_failure_mail(mail)
+
+
+def check_failure_mail(mail: Mail) -> None:
+    assert mail.tls and mail.login == "watcher" and mail.rcpt_tos == ("ops@example.com",)
+    assert "mysite deploy failed" in mail.message["Subject"]
+    assert "pages.0003_visit_note" in mail.body
+    assert "the schema may be partly changed" in mail.body
+
+
+def test_the_fix_deploys_only_the_migration_that_did_not_run(stack: Stack) -> None:
+    """Fixing 0004 deploys; 0003 is not run again."""
+    sha = stack.commit({"pages/migrations/0004_backfill.py": MIGRATION_0004.format(
+        body="apps.get_model('pages', 'Visit').objects.filter(note=None).update(note='')")},
+        "Fix the backfill")
+    _, report = stack.deploy()
+    assert report["migrations_applied"] == ["pages.0004_backfill"]
+    assert stack.served_sha() == sha
+
+
+def test_static_files_on_a_cdn_bucket_are_collected_there_and_never_carried(
+        stack: Stack) -> None:
+    """With a remote static backend, collectstatic runs when static files change and writes
+    to the bucket only; a code-only deploy neither runs it nor carries files over."""
+    env = stack.root / "shared" / ".env"
+    env.write_text(env.read_text() + f"MYSITE_STATIC_BUCKET_DIR={stack.bucket}\n")
+    css = (stack.work / "pages/static/pages/site.css").read_text() + "h1 { color: teal; }\n"
+    stack.commit({"pages/static/pages/site.css": css}, "Teal headings")
+    _, report = stack.deploy()
+    assert steps(report)["collectstatic"] == "ok"
+    assert (stack.bucket / "pages" / "site.css").read_text() == css
+    assert not (stack.live() / "staticfiles").exists()
+    uploaded = (stack.bucket / "pages" / "site.css").stat().st_mtime_ns
+    stack.commit({"pages/views.py": (stack.work / "pages/views.py").read_text() + "\n"},
+                 "Code only")
+    res, report = stack.deploy()
+    assert steps(report)["collectstatic"] == "skipped"
+    (skip,) = [e for e in log_events(res.stderr + res.stdout)
+               if e["event"] == "step.skipped" and e.get("step") == "collectstatic"]
+    assert "remote static storage" in skip["reason"]
+    assert "collectstatic.carried" not in events(res)
+    assert not (stack.live() / "staticfiles").exists()
+    assert (stack.bucket / "pages" / "site.css").stat().st_mtime_ns == uploaded
+
+
+def test_no_secret_reaches_a_log_state_file_report_or_mail(stack: Stack) -> None:
+    """The DB password (and the SMTP and report secrets) appear nowhere watcher writes."""
+    places: dict[str, str] = {f"watcher run {i}": out for i, out in enumerate(stack.outputs)}
+    for path in (stack.root / ".watcher").rglob("*"):
+        if path.is_file() and path.name != "lock":
+            places[str(path)] = path.read_text(errors="replace")
+    for path in (stack.base / "sv").rglob("*.log"):
+        places[str(path)] = path.read_text(errors="replace")
+    for i, req in enumerate(stack.api.requests):
+        places[f"report {i}"] = req.body.decode(errors="replace")  # the token: header only
+    for i, mail in enumerate(stack.smtp.messages):
+        places[f"mail {i}"] = mail.raw.decode(errors="replace")
+    assert len(places) > 10
+    leaks = [(where, c) for where, text in places.items() for c in CANARIES if c in text]
+    assert leaks == []
