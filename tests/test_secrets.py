@@ -187,7 +187,8 @@ def test_reports_are_spooled_while_the_api_refuses(lab: Lab) -> None:
 
 def test_a_wrong_supervisord_password_is_reported_without_it(lab: Lab) -> None:
     """A rotated-but-wrong password file makes `watcher check` fail on supervisord with 401,
-    naming the key to fix; the right password back, it passes again."""
+    naming the key to fix, and a missing git token file fails the remote check (so it is
+    really read); with the files back, the check passes."""
     password = lab.secrets / "sv.password"
     password.write_text(SV_WRONG + "\n")
     try:
@@ -198,6 +199,13 @@ def test_a_wrong_supervisord_password_is_reported_without_it(lab: Lab) -> None:
     assert "FAIL  supervisord" in res.stdout
     assert "HTTP 401" in res.stdout and "supervisor.password_file" in res.stdout
     assert lab.watcher("check").returncode == 0
+    token = lab.secrets / "git.token"
+    token.rename(lab.secrets / "git.token.moved")
+    try:  # shows the token file is really read, though git ignores it for a local remote
+        res = lab.watcher("check")
+    finally:
+        (lab.secrets / "git.token.moved").rename(token)
+    assert "FAIL  remote: git.token_file: cannot read" in res.stdout, tail(res)
 
 
 def _post(port: int, path: str, body: bytes, headers: dict[str, str]) -> int:
@@ -263,6 +271,13 @@ def test_daemon_takes_signed_webhooks_and_refuses_bad_ones(lab: Lab) -> None:
         assert spooled_id in site.api.delivered_ids()
         trig = lab.watcher("trigger")
         assert trig.returncode == 0, tail(trig)
+        for path in ("/healthz", "/metrics"):
+            conn = http.client.HTTPConnection("127.0.0.1", lab.hook_port, timeout=10)
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            lab.outputs.append((f"GET {path}", resp.read().decode()))
+            conn.close()
+            assert resp.status == 200
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -317,4 +332,5 @@ def test_no_secret_in_any_output_report_state_or_spool(lab: Lab) -> None:
     assert {r.headers.get("authorization") for r in requests} == {f"Bearer {TOKEN}"}
     assert leaks((site.root / ".watcher" / "state.json").read_text()) == []
     files = [p for p in (site.root / ".watcher").rglob("*") if p.is_file()]
+    assert [p for p in files if p.parent.name == "spool" and p.suffix == ".json"]
     assert [str(p) for p in files if leaks(p.read_bytes().decode(errors="replace"))] == []
