@@ -85,8 +85,17 @@ class Day:
 
 
 @pytest.fixture(scope="module")
-def day(site_factory: Callable[..., Site]) -> Day:
-    return Day(site_factory(health_timeout="6s"))
+def sandbox(site_factory: Callable[..., Site]) -> Day:
+    site = site_factory(health_timeout="6s")
+    return Day(site, seen={"views": site.read("pages/views.py")})
+
+
+@pytest.fixture
+def day(sandbox: Day, request: pytest.FixtureRequest) -> Day:
+    """The shared day; a test picked alone (`-k`) still finds a release live."""
+    if not sandbox.deployed and request.node.name != "test_first_deploy_starts_the_program":
+        sandbox.deploy()
+    return sandbox
 
 
 def tail(res: subprocess.CompletedProcess[str]) -> str:
@@ -272,8 +281,7 @@ def test_import_error_stops_before_the_switch(day: Day) -> None:
     site = day.site
     live, live_sha, pid = site.live_release(), site.head(), site.master_pid()
     releases = site.releases()
-    views = site.read("pages/views.py")
-    day.seen["views"] = views
+    views = day.seen["views"]
     bad = site.commit({"pages/views.py": "import watcher_test_no_such_module\n" + views},
                       "Break an import")
     day.bad.append(bad)
