@@ -356,3 +356,17 @@ def test_config_from_environment_variable(toml: Path) -> None:
     res = run_cli("status", "--json", env={"WATCHER_CONFIG": str(toml)})
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["app"] == "mysite"
+
+
+def test_check_names_each_unreachable_part(toml: Path, tmp_path: Path) -> None:
+    """`watcher check` with no remote and no supervisord prints a FAIL line for each and
+    exits 3 (transient), and says the app root is still to be created."""
+    toml.write_text(toml.read_text().replace(
+        "[supervisor]", f'[supervisor]\nurl = "unix://{tmp_path}/none.sock"'))
+    res = run_cli("check", "--config", str(toml))
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert f"ok    config: {toml}" in res.stdout
+    assert "FAIL  remote: git ls-remote /nonexistent/remote.git failed" in res.stdout
+    assert "FAIL  supervisord: " in res.stdout
+    assert f"warn  app root: {tmp_path / 'app'} does not exist yet" in res.stdout
+    assert "Traceback" not in res.stderr

@@ -424,6 +424,8 @@ def test_status_and_history_show_the_live_release_and_last_outcomes(day: Day) ->
     assert all(set(s) == {"name", "outcome", "duration_s"} for s in entries[1]["steps"])
     text = day.watcher("status")
     assert f"live:         {site.live_release()}" in text.stdout
+    lines = day.watcher("history", "-n", "3").stdout.splitlines()
+    assert len(lines) == 3 and "succeeded" in lines[0] and "rolled_back" in lines[1]
 
 
 # -- 13. watcher check --------------------------------------------------------------------
