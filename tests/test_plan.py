@@ -58,6 +58,8 @@ CASES: list[tuple[str, PlanInput, dict[str, dict[str, Any]], dict[str, str | Non
      {"venv": "build", "collectstatic": "run", "reload": "restart"}),
     ("venv built before, e.g. a rollback target", new_venv(ready=True), {},
      {"venv": "reuse", "reload": "restart"}),
+    ("new interpreter, same requirements", new_venv("pages/views.py"), {},
+     {"venv": "build", "collectstatic": "run", "reload": "restart"}),
     ("static file changed", code_only("pages/static/pages/site.css"), {},
      {"venv": "reuse", "collectstatic": "run", "reload": "hup"}),
     ("static suffix outside static/", code_only("assets/app.js"), {},

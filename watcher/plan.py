@@ -101,6 +101,8 @@ def _collectstatic(inp: PlanInput, cfg: Config) -> Step | None:
         return Step("collectstatic", "run", "django.collectstatic = always")
     if inp.live_sha is None or inp.changed is None:
         return Step("collectstatic", "run", "first deploy or unknown changes")
+    if venv_changed(inp):  # e.g. a new interpreter: unpinned packages may bring new statics
+        return Step("collectstatic", "run", "new venv: installed packages may have changed")
     why = _static_reason(inp.changed, cfg)
     if why:
         return Step("collectstatic", "run", why)
