@@ -16,8 +16,10 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
+from support.fixtures import run_cli
 from support.site import Site, git, log_events
 
 from watcher import lock
@@ -350,3 +352,19 @@ def test_a_pruned_release_cannot_be_rolled_back_to(session: Session) -> None:
     res = site.watcher("rollback", first)
     assert res.returncode == 2, tail(res)
     assert f"release {first} is gone" in res.stderr, tail(res)
+
+
+def test_an_unreadable_state_file_is_not_taken_for_corrupt(tmp_path: Path) -> None:
+    """A state.json that cannot be read (here a directory: EISDIR, as EACCES or EIO would be)
+    makes status and a check fail with exit 3 naming it, and is not moved aside."""
+    root = tmp_path / "app"
+    (root / ".watcher" / "state.json").mkdir(parents=True)
+    config = tmp_path / "watcher.toml"
+    config.write_text(f'[app]\nname = "x"\nroot = "{root}"\n\n'
+                      f'[git]\nremote = "{tmp_path / "none.git"}"\n\n'
+                      '[supervisor]\nprograms = ["x"]\n')
+    for argv in (("status", "--json"), ("--once",)):
+        res = run_cli(*argv, "--config", str(config))
+        assert res.returncode == 3, tail(res)
+        assert f"cannot read {root / '.watcher' / 'state.json'}" in res.stderr, tail(res)
+    assert sorted(p.name for p in (root / ".watcher").iterdir()) == ["lock", "state.json"]

@@ -16,6 +16,8 @@ from typing import Any
 
 import structlog
 
+from watcher.errors import TransientError
+
 log = structlog.get_logger()
 HISTORY_MAX = 200
 VERSION = 1
@@ -96,7 +98,11 @@ class StateFile:
             data = json.loads(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return State()
-        except (OSError, ValueError) as exc:
+        except OSError as exc:
+            # Unreadable is not corrupt (EACCES for another user, EMFILE, EIO): moving the
+            # file aside would forget the live release and the bad commits. Try again later.
+            raise TransientError(f"cannot read {self.path}: {exc.strerror or exc}") from None
+        except ValueError as exc:
             # A corrupt file cannot come from our writes (they are atomic); keep it for a
             # human and start from what is on disk.
             aside = self.path.with_suffix(f".corrupt-{int(time.time())}")
