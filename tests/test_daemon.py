@@ -290,3 +290,21 @@ def test_unreachable_remote_backs_off_and_turns_healthz_503(box: Sandbox) -> Non
         d.wait_for("check.unchanged", after=already, timeout=20)
         assert http_get(box.port, "/healthz")[0] == 200
         assert d.stop() == 0
+
+
+def test_a_flood_of_signals_never_wedges_the_daemon(box: Sandbox) -> None:
+    """Thousands of SIGUSR1 while the daemon checks and logs every 10 ms: it keeps checking,
+    and SIGTERM still stops it with exit 0 (no lock taken inside a signal handler)."""
+    with box.daemon(git_interval="0.01s") as d:
+        end = time.monotonic() + 3.0
+        sent = 0
+        while time.monotonic() < end:
+            d.signal(signal.SIGUSR1)
+            sent += 1
+            time.sleep(0.0005)
+        before = d.checks()
+        time.sleep(1.0)
+        assert d.checks() > before + 5, "the daemon stopped checking"
+        assert d.stop(timeout=10) == 0
+        assert not d.named("check.crashed")
+    print(f"\n{sent} SIGUSR1 sent")

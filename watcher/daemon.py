@@ -8,11 +8,13 @@ its reload and health check: `current` is never left switched without them).
 
 from __future__ import annotations
 
+import os
 import random
 import secrets
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -38,6 +40,7 @@ JITTER = 0.10
 BACKOFF_CAP = 300.0
 UNHEALTHY_AFTER = 3  # consecutive failed checks before /healthz answers 503
 LOCK_RETRY = 5.0
+_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
 
 class Hints:
@@ -75,20 +78,22 @@ class Daemon:
         self.checks = 0
         self.last: dict[str, Any] = {}
         self.server: WebhookServer | None = None
+        self._term = False  # set by the SIGTERM/SIGINT handler
 
     # -- lifecycle -----------------------------------------------------------------------
     def run(self, max_checks: int | None = None) -> int:
         self.deployer.layout.prepare()
         runner.CANCEL.clear()
         self._write_trigger_key()
-        self._signals()
         self.server = WebhookServer(
             self.cfg.webhook.listen, self.cfg.git.branch, self._secret, self.hints.hint,
             self.health, self.metrics, self._trigger_key,
         )
-        self.server.start()
-        log.info("daemon.started", interval_s=self.cfg.git.interval, branch=self.cfg.git.branch)
+        restore = self._signals()
         try:
+            self.server.start()
+            log.info("daemon.started", interval_s=self.cfg.git.interval,
+                     branch=self.cfg.git.branch)
             while not self.stopping.is_set():
                 delay = self.tick()
                 if max_checks is not None and self.checks >= max_checks:
@@ -96,6 +101,7 @@ class Daemon:
                 self.hints.wait(delay)
         finally:
             self.server.stop()
+            restore()
             log.info("daemon.stopped", checks=self.checks)
         return EXIT_OK
 
@@ -106,19 +112,47 @@ class Daemon:
         runner.CANCEL.set()
         self.hints.hint("shutdown")
 
-    def _signals(self) -> None:
+    def _signals(self) -> Callable[[], None]:
+        """SIGTERM/SIGINT stop, SIGUSR1 hints; returns the function that undoes this.
+
+        Python runs a handler between two bytecodes of the main thread, wherever it is: one
+        that logs or sets an Event there deadlocks on a lock the interrupted code holds
+        (structlog's write lock, the Event's own) or splits a log line. So the C-level
+        handler only writes the signal number to a pipe (`set_wakeup_fd`), and a thread
+        reads it and acts. A SIGTERM whose byte a full pipe dropped is still seen through
+        `_term`, set by the (otherwise empty) Python-level handler.
+        """
         if threading.current_thread() is not threading.main_thread():
-            return
+            return lambda: None
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
 
-        def on_stop(signum: int, _frame: FrameType | None) -> None:
-            self.stop()
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            if signum != signal.SIGUSR1:
+                self._term = True  # a plain store: no lock, no I/O
 
-        def on_usr1(signum: int, _frame: FrameType | None) -> None:
-            self.hints.hint("sigusr1")
+        previous = {sig: signal.signal(sig, on_signal) for sig in _SIGNALS}
+        reader = threading.Thread(target=self._read_signals, args=(read_fd,),
+                                  name="watcher-signals", daemon=True)
+        reader.start()
 
-        signal.signal(signal.SIGTERM, on_stop)
-        signal.signal(signal.SIGINT, on_stop)
-        signal.signal(signal.SIGUSR1, on_usr1)
+        def restore() -> None:
+            signal.set_wakeup_fd(previous_fd)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            os.close(write_fd)  # the reader sees end of file and returns
+            reader.join(timeout=5)
+            os.close(read_fd)
+
+        return restore
+
+    def _read_signals(self, fd: int) -> None:
+        while data := os.read(fd, 512):
+            if signal.SIGUSR1 in data:
+                self.hints.hint("sigusr1")
+            if self._term or any(sig in data for sig in _SIGNALS if sig != signal.SIGUSR1):
+                self.stop()
 
     # -- one tick ------------------------------------------------------------------------
     def tick(self) -> float:

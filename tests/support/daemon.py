@@ -64,7 +64,10 @@ class DaemonProcess:
         out = []
         for line in self.text().splitlines(keepends=True):
             if line.startswith("{") and line.endswith("\n"):
-                out.append(json.loads(line))
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    raise AssertionError(f"a corrupt log line: {line!r}") from None
         return out
 
     def named(self, *names: str) -> list[dict[str, Any]]:
