@@ -3,11 +3,12 @@
 Every secret watcher knows is set to a unique canary: the webhook secret, the report token,
 the supervisord password (the Site's supervisord is swapped for one on HTTP with a username
 and password) and the git token (the remote stays a local path: git ignores the header, but
-watcher still reads and registers the token). Then the sandbox goes through deploys, a
-failing step whose output carries every canary, a health-failure rollback, `watcher
-rollback`, status, history, check, reports spooled while the API refuses, a wrong
-supervisord password and a daemon run taking webhooks; the last tests look for the canaries
-in everything watcher wrote. Runtime: about 60-90 s on two cores (one venv build dominates).
+watcher still reads and registers the token); the health URL carries a password too. Then
+the sandbox goes through deploys, a failing step whose output carries every canary, a
+health-failure rollback, `watcher rollback`, status, history, check, reports spooled while
+the API refuses, a wrong supervisord password and a daemon run taking webhooks; the last
+tests look for the canaries in everything watcher wrote. Runtime: about 60-90 s on two
+cores (one venv build dominates).
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ WEBHOOK_SECRET = "canary-webhook-secret-b81e4a"
 SV_PASSWORD = "canary-supervisord-password-7c02f9"
 SV_WRONG = "canary-wrong-supervisord-password-e5d113"
 GIT_TOKEN = "canary-git-token-91aa3d"
+HEALTH_PASSWORD = "canary-health-url-password-40c7e2"  # credentials in a URL are blanked too
 GIT_BASIC = base64.b64encode(f"x-access-token:{GIT_TOKEN}".encode()).decode()
-CANARIES = (WEBHOOK_SECRET, TOKEN, SV_PASSWORD, SV_WRONG, GIT_TOKEN, GIT_BASIC)
+CANARIES = (WEBHOOK_SECRET, TOKEN, SV_PASSWORD, SV_WRONG, GIT_TOKEN, GIT_BASIC, HEALTH_PASSWORD)
 HEALTHZ_LINE = ('return HttpResponse(f"ok {revision()}\\n", '
                 'content_type="text/plain; charset=utf-8")')
 
@@ -110,6 +112,9 @@ def lab(site_factory: Callable[..., Site]) -> Iterator[Lab]:
         f'password_file = "{secret_file(secrets, "sv.password", SV_PASSWORD)}"'))
     text = text.replace('branch = "main"\n', (
         f'branch = "main"\ntoken_file = "{secret_file(secrets, "git.token", GIT_TOKEN)}"\n'))
+    health = f'url = "http://127.0.0.1:{site.port}/healthz"'
+    assert health in text
+    text = text.replace(health, health.replace("//", f"//probe:{HEALTH_PASSWORD}@"))
     text += (f'\n[webhook]\nlisten = "127.0.0.1:{hook_port}"\n'
              f'secret_file = "{secret_file(secrets, "webhook.secret", WEBHOOK_SECRET)}"\n')
     site.config.write_text(text)
@@ -134,7 +139,8 @@ def test_secrets_in_a_failing_steps_output_are_blanked(lab: Lab) -> None:
     bad `.env` line) fails at `check`; the output tail is reported, with the secrets masked."""
     site = lab.site
     views = site.read("pages/views.py")
-    leak = " ".join(f"S{i}={c}" for i, c in enumerate(CANARIES) if c != SV_WRONG)
+    leak = " ".join(f"S{i}={c}" for i, c in enumerate(CANARIES)
+                    if c not in (SV_WRONG, HEALTH_PASSWORD))
     site.commit({"pages/views.py": f'raise ImportError("bad .env line: {leak}")\n' + views},
                 "Break the import")
     res = lab.watcher("--once")

@@ -22,10 +22,10 @@ class _Checks:
         self.code = EXIT_OK
 
     def ok(self, what: str, detail: str = "") -> None:
-        print(f"ok    {what}{': ' + detail if detail else ''}")
+        print(scrub(f"ok    {what}{': ' + detail if detail else ''}"))
 
     def warn(self, what: str, detail: str) -> None:
-        print(f"warn  {what}: {detail}")
+        print(scrub(f"warn  {what}: {detail}"))
 
     def fail(self, what: str, exc: Exception | str) -> None:
         print(f"FAIL  {what}: {scrub(str(exc))}")
