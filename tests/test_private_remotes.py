@@ -182,3 +182,19 @@ def test_http_wrong_or_missing_token_fails_without_prompt(remotes: Remotes) -> N
         assert "ls-remote" in message
         assert "Username" not in result.stdout
         assert_no_token(result.stdout, result.stderr, message, remotes.everything_written())
+
+
+def test_http_token_is_not_sent_to_another_host_on_redirect(remotes: Remotes) -> None:
+    """A remote that redirects to another host (here: another port) gets the token, the
+    other host does not; the check fails with exit 3 instead of authenticating there."""
+    token_file = remotes.dir / "git.token"
+    token_file.write_text(TOKEN + "\n")
+    with GitHttp(remotes.site.remote.parent, TOKEN) as other, \
+            GitHttp(remotes.site.remote.parent, TOKEN,
+                    redirect_to=f"http://127.0.0.1:{other.port}") as moved:
+        result, took = remotes.once(remote=moved.url("remote.git"), token_file=str(token_file))
+        assert result.returncode == 3, result.stderr[-3000:]
+        assert took < 20
+        assert moved.token_seen >= 1 and moved.seen[0][2] == 302
+        assert other.seen and other.token_seen == 0
+        assert_no_token(result.stdout, result.stderr)

@@ -7,9 +7,11 @@
 Every request must carry `Authorization: Basic base64(x-access-token:<token>)` (the way
 GitHub and Gitea take an access token); anything else is answered 401 with
 `WWW-Authenticate: Basic`. An authorised request runs `git http-backend` as a CGI program,
-once per request. While it does, the server also looks through every process's command line
-for the token (`argv_leaks`): the git client is alive and waiting then, so a token passed to
-it in argv would show there.
+once per request. With `redirect_to`, every request is answered 302 to that base URL instead
+(a remote that moved to another host); `token_seen` counts the requests that carried the
+token either way. While a request is served, the server also looks through every process's
+command line for the token (`argv_leaks`): the git client is alive and waiting then, so a
+token passed to it in argv would show there.
 """
 
 from __future__ import annotations
@@ -46,8 +48,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self) -> None:
         owner = self.server.owner
-        if not owner.authorised(self.headers.get("Authorization", "")):
+        if owner.authorised(self.headers.get("Authorization", "")):
+            owner.token_seen += 1
+        elif owner.redirect_to is None:
             self._answer(401, [("WWW-Authenticate", 'Basic realm="git"')], b"unauthorised\n")
+            return
+        if owner.redirect_to is not None:
+            self._answer(302, [("Location", owner.redirect_to + self.path)], b"")
             return
         owner.scan_argv()
         body = self._body()
@@ -106,8 +113,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class GitHttp:
-    def __init__(self, project_root: Path, token: str) -> None:
-        self.project_root, self.token = project_root, token
+    def __init__(self, project_root: Path, token: str, redirect_to: str | None = None) -> None:
+        self.project_root, self.token, self.redirect_to = project_root, token, redirect_to
+        self.token_seen = 0  # requests that carried the token
         self._expected = "Basic " + base64.b64encode(f"{USERNAME}:{token}".encode()).decode()
         self.seen: list[tuple[str, str, int]] = []
         self.argv_leaks: list[list[str]] = []
