@@ -55,7 +55,6 @@ site in any other state, gets a fresh site instead.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -67,14 +66,16 @@ from typing import Any
 
 import pytest
 from support.faults import (
+    Bench,
     Poller,
     StalledServer,
     WatcherProc,
     complete_release,
     git_config,
+    healthy,
     immutable,
     loose_object,
-    set_config,
+    new_site,
     step_end,
 )
 from support.site import TOKEN, Site
@@ -125,71 +126,6 @@ CELLS = [Cell(step, fault) for step, fault in [
 ]]
 
 
-# -- the bench: one site shared by the cells, a fresh one when a cell left it broken ------
-class Bench:
-    """A healthy site plus what a cell changed, so it can all be undone."""
-
-    counter = 0
-
-    def __init__(self, site: Site, base_config: str) -> None:
-        self.site = site
-        self.base_config = base_config
-        self.originals: dict[str, str | None] = {}
-        self.undo = contextlib.ExitStack()
-
-    @property
-    def mirror(self) -> Path:
-        return self.site.root / "repo"
-
-    def commit_fault(self, files: dict[str, str | None], msg: str) -> str:
-        for rel in files:
-            if rel not in self.originals:
-                path = self.site.work / rel
-                self.originals[rel] = path.read_text() if path.exists() else None
-        return self.site.commit({**files, "pages/marker.py": self._marker()}, msg)
-
-    def good_commit(self) -> str:
-        """Every file a fault touched put back, plus a code-only change."""
-        restore = {rel: text for rel, text in self.originals.items()
-                   if text is not None or (self.site.work / rel).exists()}
-        self.originals.clear()
-        return self.site.commit({**restore, "pages/marker.py": self._marker()},
-                                "A good code-only change")
-
-    def configure(self, edits: dict[str, dict[str, str]]) -> None:
-        set_config(self.site.config, self.base_config, edits)
-
-    def reset_config(self) -> None:
-        self.site.config.write_text(self.base_config)
-
-    @staticmethod
-    def _marker() -> str:
-        Bench.counter += 1
-        return f"MARK = {Bench.counter}\n"
-
-
-def _new_site() -> tuple[Site, str]:
-    site = Site(keep_releases=3)
-    try:
-        first = site.watcher("--once")
-        assert first.returncode == 0, first.stderr[-3000:]
-        assert site.served_revision() == site.head()
-    except BaseException:
-        site.close()
-        raise
-    return site, site.config.read_text()
-
-
-def _healthy(site: Site) -> bool:
-    try:
-        state = site.state()
-        live = state["releases"][state["live"]]
-        return (site.live_release() == state["live"] and live["sha"] == site.head()
-                and site.served_revision() == site.head() and complete_release(site.root))
-    except (OSError, KeyError, ValueError):
-        return False
-
-
 @pytest.fixture(scope="module")
 def pool() -> Iterator[dict[str, Any]]:
     holder: dict[str, Any] = {}
@@ -201,10 +137,10 @@ def pool() -> Iterator[dict[str, Any]]:
 @pytest.fixture
 def bench(pool: dict[str, Any]) -> Iterator[Bench]:
     site = pool.get("site")
-    if site is None or not _healthy(site):
+    if site is None or not healthy(site):
         if site is not None:
             site.close()
-        pool["site"], pool["base"] = _new_site()
+        pool["site"], pool["base"] = new_site()
     b = Bench(pool["site"], pool["base"])
     try:
         yield b

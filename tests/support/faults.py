@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from support.site import Site
+
 Event = dict[str, Any]
 
 
@@ -273,3 +275,68 @@ def complete_release(root: Path) -> bool:
     """`current` resolves to a release with REVISION and a .venv whose python exists."""
     cur = root / "current"
     return (cur / "REVISION").is_file() and (cur / ".venv" / "bin" / "python").exists()
+
+
+# -- the bench: one site shared by the cells, a fresh one when a cell left it broken ------
+class Bench:
+    """A healthy site plus what a cell changed, so it can all be undone."""
+
+    counter = 0
+
+    def __init__(self, site: Site, base_config: str) -> None:
+        self.site = site
+        self.base_config = base_config
+        self.originals: dict[str, str | None] = {}
+        self.undo = contextlib.ExitStack()
+
+    @property
+    def mirror(self) -> Path:
+        return self.site.root / "repo"
+
+    def commit_fault(self, files: dict[str, str | None], msg: str) -> str:
+        for rel in files:
+            if rel not in self.originals:
+                path = self.site.work / rel
+                self.originals[rel] = path.read_text() if path.exists() else None
+        return self.site.commit({**files, "pages/marker.py": self._marker()}, msg)
+
+    def good_commit(self) -> str:
+        """Every file a fault touched put back, plus a code-only change."""
+        restore = {rel: text for rel, text in self.originals.items()
+                   if text is not None or (self.site.work / rel).exists()}
+        self.originals.clear()
+        return self.site.commit({**restore, "pages/marker.py": self._marker()},
+                                "A good code-only change")
+
+    def configure(self, edits: dict[str, dict[str, str]]) -> None:
+        set_config(self.site.config, self.base_config, edits)
+
+    def reset_config(self) -> None:
+        self.site.config.write_text(self.base_config)
+
+    @staticmethod
+    def _marker() -> str:
+        Bench.counter += 1
+        return f"MARK = {Bench.counter}\n"
+
+
+def new_site() -> tuple[Site, str]:
+    site = Site(keep_releases=3)
+    try:
+        first = site.watcher("--once")
+        assert first.returncode == 0, first.stderr[-3000:]
+        assert site.served_revision() == site.head()
+    except BaseException:
+        site.close()
+        raise
+    return site, site.config.read_text()
+
+
+def healthy(site: Site) -> bool:
+    try:
+        state = site.state()
+        live = state["releases"][state["live"]]
+        return (site.live_release() == state["live"] and live["sha"] == site.head()
+                and site.served_revision() == site.head() and complete_release(site.root))
+    except (OSError, KeyError, ValueError):
+        return False

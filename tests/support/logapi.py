@@ -145,7 +145,8 @@ class LogAPI:
     def _handle(self, req: BaseHTTPRequestHandler) -> None:
         body = req.rfile.read(int(req.headers.get("Content-Length") or 0))
         mode = self.mode
-        status = {"ok": 202, "5xx": 503, "401": 401, "slow": 0}.get(mode) or int(mode)
+        fixed = {"ok": 202, "5xx": 503, "401": 401, "slow": 0}
+        status = fixed[mode] if mode in fixed else int(mode)  # "slow" is 0: falsy
         try:
             parsed = json.loads(body)
         except ValueError:
