@@ -354,17 +354,40 @@ def test_a_pruned_release_cannot_be_rolled_back_to(session: Session) -> None:
     assert f"release {first} is gone" in res.stderr, tail(res)
 
 
-def test_an_unreadable_state_file_is_not_taken_for_corrupt(tmp_path: Path) -> None:
-    """A state.json that cannot be read (here a directory: EISDIR, as EACCES or EIO would be)
-    makes status and a check fail with exit 3 naming it, and is not moved aside."""
+def bare_config(tmp_path: Path) -> tuple[Path, Path]:
+    """A minimal valid config for commands that need no remote or supervisord: (config, root)."""
     root = tmp_path / "app"
-    (root / ".watcher" / "state.json").mkdir(parents=True)
+    (root / ".watcher").mkdir(parents=True)
     config = tmp_path / "watcher.toml"
     config.write_text(f'[app]\nname = "x"\nroot = "{root}"\n\n'
                       f'[git]\nremote = "{tmp_path / "none.git"}"\n\n'
                       '[supervisor]\nprograms = ["x"]\n')
+    return config, root
+
+
+def test_an_unreadable_state_file_is_not_taken_for_corrupt(tmp_path: Path) -> None:
+    """A state.json that cannot be read (here a directory: EISDIR, as EACCES or EIO would be)
+    makes status and a check fail with exit 3 naming it, and is not moved aside."""
+    config, root = bare_config(tmp_path)
+    (root / ".watcher" / "state.json").mkdir()
     for argv in (("status", "--json"), ("--once",)):
         res = run_cli(*argv, "--config", str(config))
         assert res.returncode == 3, tail(res)
         assert f"cannot read {root / '.watcher' / 'state.json'}" in res.stderr, tail(res)
     assert sorted(p.name for p in (root / ".watcher").iterdir()) == ["lock", "state.json"]
+
+
+def test_a_state_file_that_is_not_ours_is_set_aside(tmp_path: Path) -> None:
+    """A state.json that is JSON but not watcher's document is kept aside as corrupt, like
+    unparsable text, and status shows an empty state instead of crashing."""
+    config, root = bare_config(tmp_path)
+    for n, text in enumerate(('["not", "a", "state"]', '{"releases": {"r1": {"nme": "r1"}}}')):
+        (root / ".watcher" / "state.json").write_text(text)
+        res = run_cli("status", "--json", "--config", str(config))
+        status = as_json(res)
+        assert isinstance(status, dict) and status["live"] is None
+        assert "state.corrupt" in [e.get("event") for e in log_events(res.stderr)]
+        aside = sorted((root / ".watcher").glob("state.corrupt-*"))
+        assert aside and aside[-1].read_text() == text
+        if n == 0:
+            aside[-1].rename(aside[-1].with_name("kept-0"))  # same second, same name

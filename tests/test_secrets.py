@@ -29,8 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import structlog
 from support.site import TOKEN, Site, log_events
 from support.supervisord import SupervisordProcess, free_port
+
+from watcher import cli, commands
 
 pytestmark = pytest.mark.slow
 
@@ -340,3 +343,30 @@ def test_no_secret_in_any_output_report_state_or_spool(lab: Lab) -> None:
     files = [p for p in (site.root / ".watcher").rglob("*") if p.is_file()]
     assert [p for p in files if p.parent.name == "spool" and p.suffix == ".json"]
     assert [str(p) for p in files if leaks(p.read_bytes().decode(errors="replace"))] == []
+
+
+def test_a_crash_prints_its_traceback_scrubbed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """An unexpected exception (a bug: faked, as none is known) whose text holds a configured
+    secret ends as a `watcher.crashed` log line with the traceback blanked, exit 1."""
+    canary = "canary-crash-report-token-3be0a1"
+    config = tmp_path / "watcher.toml"
+    config.write_text(
+        f'[app]\nname = "x"\nroot = "{tmp_path / "app"}"\n\n'
+        f'[git]\nremote = "{tmp_path / "none.git"}"\n\n[supervisor]\nprograms = ["x"]\n\n'
+        f'[report]\nurl = "http://127.0.0.1:9/"\n'
+        f'token_file = "{secret_file(tmp_path, "token", canary)}"\n')
+
+    def crash(cfg: object, args: object) -> int:
+        raise RuntimeError(f"bug while holding {canary}")
+
+    monkeypatch.setattr(commands, "status", crash)
+    try:
+        code = cli.main(["status", "--config", str(config)])
+    finally:
+        structlog.reset_defaults()  # main() pointed logging at capsys's stream
+    err = capsys.readouterr().err
+    assert code == 1
+    [event] = [e for e in log_events(err) if e.get("event") == "watcher.crashed"]
+    assert "RuntimeError: bug while holding ***" in event["exception"]
+    assert canary not in err

@@ -13,7 +13,7 @@ import structlog
 
 from watcher import __version__, log
 from watcher.config import Config, config_path, load
-from watcher.errors import EXIT_USAGE, ConfigError, UsageError, WatcherError
+from watcher.errors import EXIT_FAILED, EXIT_USAGE, ConfigError, UsageError, WatcherError
 
 Handler = Callable[[Config, argparse.Namespace], int]
 
@@ -76,6 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         logger.warning("watcher.interrupted")
         return 130
+    except Exception:  # a bug: its traceback goes through the log's scrubber, not raw
+        logger.exception("watcher.crashed")
+        return EXIT_FAILED
 
 
 def _register_secrets(cfg: Config) -> None:

@@ -95,21 +95,21 @@ class StateFile:
 
     def load(self) -> State:
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
+            state = State.from_json(json.loads(self.path.read_text(encoding="utf-8")))
         except FileNotFoundError:
             return State()
         except OSError as exc:
             # Unreadable is not corrupt (EACCES for another user, EMFILE, EIO): moving the
             # file aside would forget the live release and the bad commits. Try again later.
             raise TransientError(f"cannot read {self.path}: {exc.strerror or exc}") from None
-        except ValueError as exc:
-            # A corrupt file cannot come from our writes (they are atomic); keep it for a
-            # human and start from what is on disk.
+        except (ValueError, TypeError, AttributeError) as exc:
+            # A corrupt file (not JSON, or not our document) cannot come from our writes (they
+            # are atomic); keep it for a human and start from what is on disk.
             aside = self.path.with_suffix(f".corrupt-{int(time.time())}")
             os.replace(self.path, aside)
             log.error("state.corrupt", path=str(self.path), moved_to=str(aside), error=str(exc))
             return State()
-        return State.from_json(data)
+        return state
 
     def save(self, state: State) -> None:
         write_atomic(self.path, json.dumps(state.to_json(), indent=1, sort_keys=True))
