@@ -67,6 +67,18 @@ def test_bad_duration_names_key_and_file() -> None:
     assert "/etc/watcher/t.toml" in msg and "health.timeout" in msg
 
 
+@pytest.mark.parametrize("key", ["timeout", "interval"])
+def test_zero_durations_are_refused(key: str) -> None:
+    """A zero timeout or interval would fail or spin every call: refused, naming the key."""
+    msg = error_of(git={key: "0s"})
+    assert f"git.{key}" in msg and "more than 0" in msg
+
+
+def test_empty_requirements_refused() -> None:
+    """build.requirements = [] would make every pip install fail: refused at start."""
+    assert "build.requirements" in error_of(build={"requirements": []})
+
+
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
 def test_toml_nan_and_inf_are_not_durations(tmp_path: Path, value: str) -> None:
     """TOML's nan and inf are refused as durations (a poll loop cannot sleep nan seconds)."""

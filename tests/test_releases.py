@@ -163,6 +163,20 @@ def test_venv_hash_follows_requirements_content(tmp_path: Path) -> None:
         venvs.venv_hash(tmp_path, ["missing.txt"], sys.executable)
 
 
+def test_venv_hash_follows_nested_requirements(tmp_path: Path) -> None:
+    """A change to a file included with -r or -c changes the venv hash; includes outside the
+    release are not read."""
+    (tmp_path / "requirements.txt").write_text("-r base.txt\n--constraint=pins.txt\n-r /etc/x\n")
+    (tmp_path / "base.txt").write_text("Django\n")
+    (tmp_path / "pins.txt").write_text("Django==5.2\n")
+    h1 = venvs.venv_hash(tmp_path, ["requirements.txt"], sys.executable)
+    (tmp_path / "base.txt").write_text("Django\ngunicorn\n")
+    h2 = venvs.venv_hash(tmp_path, ["requirements.txt"], sys.executable)
+    (tmp_path / "pins.txt").write_text("Django==5.2.1\n")
+    h3 = venvs.venv_hash(tmp_path, ["requirements.txt"], sys.executable)
+    assert len({h1, h2, h3}) == 3
+
+
 def test_venv_link_and_prune(tmp_path: Path) -> None:
     """A release links `.venv` to ../../venvs/<hash>; pruning drops the venvs no release
     uses, half-built ones included."""

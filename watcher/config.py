@@ -267,7 +267,10 @@ def _section(cls: type, name: str, table: dict[str, Any], path: Path) -> Any:
             if no_default and f.default_factory is dataclasses.MISSING:
                 raise ConfigError(f"{path}: missing required key {name}.{fname}")
             continue
-        kwargs[fname] = convert(table[fname], hints[fname], where, bool(f.metadata.get("duration")))
+        is_duration = bool(f.metadata.get("duration"))
+        kwargs[fname] = convert(table[fname], hints[fname], where, is_duration)
+        if is_duration and kwargs[fname] <= 0:
+            raise ConfigError(f"{where} must be more than 0 seconds")
         choices = _CHOICES.get((name, fname))
         if choices and kwargs[fname] not in choices:
             raise ConfigError(f"{where} must be one of {', '.join(choices)}")
@@ -305,6 +308,8 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"{p}: supervisor.reload = \"bluegreen\" needs a [bluegreen] section")
     if not cfg.supervisor.programs and bg is None:
         raise ConfigError(f"{p}: supervisor.programs is empty and there is no [bluegreen] section")
+    if not cfg.build.requirements:
+        raise ConfigError(f"{p}: build.requirements must name at least one file")
     for rel in (*cfg.build.requirements, *cfg.build.shared, cfg.django.manage):
         if Path(rel).is_absolute() or ".." in Path(rel).parts:
             raise ConfigError(f"{p}: {rel!r} must be a path inside the release")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -37,16 +38,37 @@ def interpreter_id(python: str) -> str:
     return res.output.strip()
 
 
+_NESTED = re.compile(r"^\s*(?:-r|-c|--requirement|--constraint)(?:\s+|=)(\S+)", re.MULTILINE)
+
+
 def venv_hash(release: Path, requirements: Sequence[str], python: str) -> str:
+    """Hash of the interpreter and every requirements file, following `-r`/`-c` includes
+    inside the release, so a change to an included base.txt builds a new venv too."""
     h = hashlib.sha256()
     h.update(interpreter_id(python).encode())
-    for rel in requirements:
-        path = release / rel
-        h.update(b"\0" + rel.encode() + b"\0")
+    seen: set[Path] = set()
+    todo = [release / rel for rel in requirements]
+    while todo:
+        path = todo.pop(0)
+        rel = _inside(release, path)
+        if path in seen or rel is None:
+            continue
+        seen.add(path)
         if not path.is_file():
             raise StepFailed("venv", f"requirements file {rel} is missing from the release")
-        h.update(path.read_bytes())
+        text = path.read_bytes()
+        h.update(b"\0" + rel.encode() + b"\0" + text)
+        for m in _NESTED.finditer(text.decode("utf-8", "replace")):
+            todo.append(path.parent / m.group(1))
     return h.hexdigest()[:16]
+
+
+def _inside(release: Path, path: Path) -> str | None:
+    """The path relative to the release, or None for an include outside it (a URL, /etc)."""
+    try:
+        return str(path.resolve().relative_to(release.resolve()))
+    except ValueError:
+        return None
 
 
 def is_complete(venvs: Path, digest: str) -> bool:
