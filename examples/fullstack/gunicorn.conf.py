@@ -23,9 +23,11 @@ wsgi_app = "mysite.wsgi:application"
 
 # A unix socket (or loopback): Nginx is the one talking to the world.
 bind = os.environ.get("GUNICORN_BIND", "unix:/run/mysite/gunicorn.sock")
-# The socket is created with this umask: 0o007 leaves it rw for the deploy user and the
-# group (www-data, so Nginx can connect; see /run/mysite's owner in the guide).
-umask = int(os.environ.get("GUNICORN_UMASK", "0o007"), 8)
+# The socket is created with this umask: 0 makes it rw for everyone who can reach it, and
+# its directory decides who that is: /run/mysite is 0750 deploy:www-data, so only the deploy
+# user and Nginx (www-data) get in. (Gunicorn chowns the socket to its own user and group,
+# so a group on the socket itself cannot let www-data in.)
+umask = int(os.environ.get("GUNICORN_UMASK", "0"), 8)
 workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
 
 # A worker silent for longer than this is killed and replaced.
