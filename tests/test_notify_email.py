@@ -268,3 +268,23 @@ to = ["ops@example.com"]
     with server:
         assert recorder.flush() == 1
         assert len(server.wait_for(1)) == 1
+
+
+def test_loading_the_config_checks_notify_email(tmp_path: Path) -> None:
+    """A wrong [notify.email] fails `load` (so `watcher check` and every command exit 2)."""
+    config = tmp_path / "watcher.toml"
+    config.write_text(f"""
+[app]
+name = "mysite"
+root = "{tmp_path / 'app'}"
+[git]
+remote = "/nowhere.git"
+[supervisor]
+programs = ["mysite"]
+[notify.email]
+smtp_url = "http://mail.example.com"
+""")
+    with pytest.raises(ConfigError, match=f"{config}: notify.email.smtp_url must be"):
+        load(config, environ={})
+    config.write_text(config.read_text().replace('"http://mail.example.com"', '""'))
+    assert load(config, environ={}).email is not None  # present but off: not checked

@@ -313,6 +313,10 @@ def _check(cfg: Config) -> None:
     for rel in (*cfg.build.requirements, *cfg.build.shared, cfg.django.manage):
         if Path(rel).is_absolute() or ".." in Path(rel).parts:
             raise ConfigError(f"{p}: {rel!r} must be a path inside the release")
+    if cfg.email is not None and (cfg.email.smtp_url or cfg.email.api_url):
+        from watcher.notify_email import check_config  # imported here: it imports this module
+
+        check_config(cfg.email, str(p))
 
 
 def read_secret(path: str, key: str) -> str:

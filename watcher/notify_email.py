@@ -62,7 +62,7 @@ class EmailNotifier:
     def __init__(self, cfg: EmailConfig, spool_dir: Path, where: str = "config", *,
                  timeout_s: float = 10.0, budget_s: float = 15.0,
                  spool_max_bytes: int = 5 * 1024 * 1024) -> None:
-        _check(cfg, where)
+        check_config(cfg, where)
         self.cfg = cfg
         self.timeout_s = timeout_s
         self.budget_s = budget_s
@@ -266,7 +266,7 @@ class EmailNotifier:
         raise _Failed(f"HTTP {status}")  # 401, 403, 404, 3xx: the token or the URL is wrong
 
 
-def _check(cfg: EmailConfig, where: str) -> None:
+def check_config(cfg: EmailConfig, where: str) -> None:
     """[notify.email] as a whole; ConfigError naming the key (exit code 2)."""
     if cfg.smtp_url and cfg.api_url:
         raise ConfigError(f"{where}: set notify.email.smtp_url or notify.email.api_url, not both")
