@@ -56,6 +56,10 @@ def curl(url: str) -> str:
     return sh("curl", "-s", "--max-time", "5", url, check=False)
 
 
+def show_health(port: int) -> None:
+    print(f"$ curl http://127.0.0.1:{port}/healthz\n{curl(f'http://127.0.0.1:{port}/healthz')}")
+
+
 def start() -> None:
     if (DEMO / "supervisord.pid").exists():
         stop()
@@ -160,7 +164,7 @@ stdout_logfile={DEMO}/watcher.log
     if res.returncode != 0:
         print(res.stderr[-3000:])
         sys.exit("demo: the first deploy failed")
-    print(f"$ curl http://127.0.0.1:{app_port}/healthz\n{curl(f'http://127.0.0.1:{app_port}/healthz')}")
+    show_health(app_port)
 
     say("Start the daemon as Supervisord's [program:watcher]")
     print(sh(*ctl, "start", "watcher", check=False))
@@ -186,10 +190,10 @@ stdout_logfile={DEMO}/watcher.log
             break
         time.sleep(0.1)
     print(f"webhook to serving: {time.monotonic() - t:.2f}s")
-    print(f"$ curl http://127.0.0.1:{app_port}/healthz\n{curl(f'http://127.0.0.1:{app_port}/healthz')}")
+    show_health(app_port)
     page_html = curl(f"http://127.0.0.1:{app_port}/")
-    print("$ curl -s http://127.0.0.1:%d/ | grep Deployed\n%s" % (
-        app_port, "\n".join(li for li in page_html.splitlines() if "Deployed" in li)))
+    deployed = "\n".join(li for li in page_html.splitlines() if "Deployed" in li)
+    print(f"$ curl -s http://127.0.0.1:{app_port}/ | grep Deployed\n{deployed}")
     if sha not in curl(f"http://127.0.0.1:{app_port}/healthz"):
         sys.exit("demo: the new revision is not served")
 
