@@ -156,6 +156,7 @@ def main() -> int:
         print("wrk is missing: run `make system-deps` (as root)", file=sys.stderr)
         return 2
     started = time.monotonic()
+    load_before = os.getloadavg()[0]
     sb = Sandbox()
     try:
         sb.start()
@@ -164,7 +165,9 @@ def main() -> int:
         sb.close()
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = (f"Measured {when} by `make bench` (`.venv/bin/python benchmarks/run.py`, "
-            f"{time.monotonic() - started:.0f} s) on {machine()}.\n\n{table(rows)}\n\n"
+            f"{time.monotonic() - started:.0f} s) on {machine()}; 1-minute load average "
+            f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after (other work on the "
+            f"machine shows here).\n\n{table(rows)}\n\n"
             + "\n".join(f"- {n}" for n in notes))
     print("\n" + text)
     write(text)

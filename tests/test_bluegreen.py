@@ -5,13 +5,18 @@ the site healthy for the next). Runtime: about 40 s on two cores (two venv build
 
 from __future__ import annotations
 
+import configparser
+import re
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from support.nginx import BlueGreenSite
 from support.site import log_events
+
+from watcher.bluegreen import STOP_TIMEOUT_S
 
 pytestmark = pytest.mark.slow
 REQUIREMENTS = "requirements.txt"
@@ -135,6 +140,22 @@ def test_supervisord_wins_over_state_for_the_live_colour(bg: BlueGreenSite) -> N
     assert "bluegreen.state_disagrees" in [e.get("event") for e in log_events(res.stderr)]
 
 
+def test_both_colours_running_converges_on_the_recorded_one(bg: BlueGreenSite) -> None:
+    """With both colours up (a kill between a start and a stop), a code-only deploy HUPs
+    the recorded colour and stops the other, so one version serves."""
+    live = bg.recorded_colour()
+    other = "green" if live == "blue" else "blue"
+    bg.site.sv.rpc().startProcess(f"mysite_{other}", True)
+    pid = bg.program(live)["pid"]
+    sha = bg.site.commit({"pages/about.txt": "both\n"}, "Code-only with both colours up")
+    res = once(bg)
+    assert res.returncode == 0, tail(res)
+    assert bg.program(live)["pid"] == pid
+    assert settled(bg, live, sha) == sha
+    assert bg.statename(other) == "STOPPED"
+    assert bg.recorded_colour() == live
+
+
 def settled(bg: BlueGreenSite, colour: str, expected: str, timeout: float = 5.0) -> str:
     """What a colour serves once its old workers are gone (three answers in a row)."""
     deadline = time.monotonic() + timeout
@@ -144,3 +165,23 @@ def settled(bg: BlueGreenSite, colour: str, expected: str, timeout: float = 5.0)
         streak = streak + 1 if seen == expected else 0
         time.sleep(0.1)
     return seen
+
+
+def test_shipped_bluegreen_configs_agree() -> None:
+    """The shipped blue/green programs bind the ports Nginx's upstream lists, run from the
+    `current` symlink, and exactly one of them starts with supervisord."""
+    root = Path(__file__).resolve().parents[1]
+    nginx = (root / "examples" / "nginx" / "mysite.conf").read_text()
+    upstream = set(re.findall(r"^\s*server 127\.0\.0\.1:(\d+)", nginx, flags=re.M))
+    autostart, ports = [], set()
+    for colour in ("blue", "green"):
+        ini = configparser.ConfigParser(interpolation=None)
+        ini.read(root / "supervisor" / "conf.d-bluegreen" / f"mysite_{colour}.conf")
+        program = ini[f"program:mysite_{colour}"]
+        ports.add(re.findall(r'GUNICORN_BIND="127\.0\.0\.1:(\d+)"', program["environment"])[0])
+        assert "--chdir /srv/mysite/current " in program["command"]
+        assert "--preload" not in program["command"]
+        assert int(program["stopwaitsecs"]) < STOP_TIMEOUT_S
+        autostart.append(program.getboolean("autostart"))
+    assert ports == upstream == {"8001", "8002"}
+    assert autostart == [True, False]
