@@ -77,14 +77,23 @@ class Stack:
         self.base = Path(tempfile.mkdtemp(prefix="fs", dir="/tmp"))  # short: socket paths
         self._stops: list[Any] = []
         self.outputs: list[str] = []  # every watcher run's stdout + stderr
+        try:
+            self._start()
+        except BaseException:
+            self.close()  # whatever did start is stopped: the fixture never sees this object
+            raise
+
+    def _start(self) -> None:
         self.root = self.base / "app"
         self.sock = self.base / "run" / "gunicorn.sock"
         self.sock.parent.mkdir(mode=0o750)  # like /run/mysite (0750 deploy:www-data)
         self.sock.parent.chmod(0o750)
         self.remote, self.work = make_remote(self.base, FULLSTACK)
-        self.db = self._started(MariaDB(self.base / "db").start())
+        self.db = self._started(MariaDB(self.base / "db"))  # registered first: stopped even
+        self.db.start()                                    # when start() itself fails
         self.db.create_database("mysite", "mysite", DB_PASSWORD)
-        self.redis = self._started(Redis(self.base / "redis").start())
+        self.redis = self._started(Redis(self.base / "redis"))
+        self.redis.start()
         self.bucket = self.base / "bucket"
         shared = self.root / "shared"
         shared.mkdir(parents=True)
@@ -96,16 +105,19 @@ class Stack:
             f"MYSITE_REDIS_URL={self.redis.url}\n")
         env.chmod(0o600)
         self.smtp = self._started(SMTPServer(users={"watcher": SMTP_PASSWORD},
-                                             tls_dir=self.base).start())
+                                             tls_dir=self.base))
+        self.smtp.start()
         self.api = self._started(LogAPI(lifetime_s=900))
         self.hooks = self._started(LogAPI(lifetime_s=900))  # stands in for watcher's listener
         self.sv = self._started(SupervisordProcess(self.base / "sv", {
-            "mysite": render_program(self.root, self.sock, self.base)}).start())
+            "mysite": render_program(self.root, self.sock, self.base)}))
+        self.sv.start()
         self.health_port = free_port()
-        self.nginx = Nginx(self.base / "nginx", upstreams=[free_port()], root=self.root)
+        self.nginx = self._started(Nginx(self.base / "nginx", upstreams=[free_port()],
+                                         root=self.root))
         (self.base / "nginx" / "site.conf").write_text(render_nginx(
             self.nginx.port, self.health_port, self.hooks.port, self.root, self.sock))
-        self._started(self.nginx.start())
+        self.nginx.start()
         self.url = self.nginx.url
         self.config = self._write_config()
 
