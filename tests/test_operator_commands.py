@@ -291,6 +291,11 @@ def test_deploy_a_tag(session: Session) -> None:
     assert res.returncode == 0, tail(res)
     assert settled(site, a_sha) == a_sha
     assert site.state()["releases"][site.live_release()]["sha"] == a_sha
+    # The branch head is held back, so the next check does not undo the operator's choice.
+    again = site.watcher("--once")
+    assert again.returncode == 1, tail(again)
+    assert "check.known_bad" in events(again)
+    assert site.served_revision() == a_sha
 
 
 def test_deploy_the_branch_by_name(session: Session) -> None:

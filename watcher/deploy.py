@@ -102,7 +102,20 @@ class Deployer:
             if live is not None and live.sha == sha:
                 return Outcome("unchanged", EXIT_OK, sha, live.name, "already live")
             state.bad.pop(sha, None)
-            return self.deploy(state, sha)
+            outcome = self.deploy(state, sha)
+            if outcome.outcome == "succeeded":
+                self._hold(state, rev, sha)
+            return outcome
+
+    def _hold(self, state: State, rev: str, sha: str) -> None:
+        """After `watcher deploy REV` of something other than the branch head, mark the head
+        bad like a manual rollback does, so the daemon does not undo the operator's choice at
+        its next check; a new push moves the branch and deploys as usual."""
+        head = self.git.tracking_head()
+        if head and head != sha and not state.is_bad(head):
+            state.mark_bad(head, "deploy", f"held back: `watcher deploy {rev}` chose {sha[:12]}")
+            self.state_file.save(state)
+            log.info("deploy.head_held_back", head=head[:12], live=sha[:12])
 
     # -- the deploy --------------------------------------------------------------------
     def deploy(self, state: State, sha: str) -> Outcome:

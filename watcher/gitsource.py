@@ -117,6 +117,14 @@ class GitSource:
         raise GitError(f"no commit named {rev!r} on branch {self.cfg.branch} or in tags")
 
     # -- mirror ------------------------------------------------------------------------
+    def tracking_head(self) -> str | None:
+        """The branch head as last fetched into the mirror (no network)."""
+        res = run(["git", "-C", str(self.mirror), "rev-parse", "--verify", "--quiet",
+                   f"{TRACKING}{self.cfg.branch}"], step="resolve", timeout=self.cfg.timeout,
+                  env=self.env(), check=False)
+        sha = res.output.strip()
+        return sha if res.ok and SHA_RE.match(sha) else None
+
     def has(self, sha: str) -> bool:
         if not (self.mirror / "HEAD").exists():
             return False
