@@ -81,6 +81,10 @@ def measure(sb: Sandbox) -> tuple[list[list[str]], list[str]]:
         commit(100)
         load[f"{kind}-w"] = under_load(nx_w.url, sb.watcher_deploy)
         load[f"{kind}-b"] = under_load(nx_b.url, sb.baseline_deploy)
+    sb.bg.set_reload("bluegreen")  # the same code-only change, swapped instead of HUPed
+    sb.commit_code(200)
+    load["code-swap"] = under_load(nx_w.url, sb.watcher_deploy)
+    sb.bg.set_reload("auto")
     print("d: --once no-op", flush=True)
     once = daemon_bench.once_noop(sb)
     print("c: webhook to serving", flush=True)
@@ -106,6 +110,9 @@ def measure(sb: Sandbox) -> tuple[list[list[str]], list[str]]:
          fails(load["code-w"]), fails(load["code-b"]), "HUP vs restart", "0"],
         ["b", "p99 latency during code-only deploy", ms(load["code-w"]), ms(load["code-b"]),
          "", "-"],
+        ["b", "code-only deploy with `supervisor.reload = \"bluegreen\"`: failed, p99",
+         f"{fails(load['code-swap'])}, {ms(load['code-swap'])}", "n/a",
+         "swap instead of HUP", "-"],
         ["b", f"failed requests during requirements deploy (~{RATE} req/s)",
          fails(load["reqs-w"]), fails(load["reqs-b"]), "blue/green vs restart", "0"],
         ["b", "p99 latency during requirements deploy", ms(load["reqs-w"]),

@@ -1,7 +1,7 @@
 """Zero downtime through a real Nginx (the shipped examples/nginx/mysite.conf): steady load
 during a blue/green deploy drops nothing, and the same load during a plain stop+start of
 the only upstream does drop requests, which shows the load can see a failure.
-Runtime: about 40 s on two cores (two venv builds, two short load runs).
+Runtime: about 50 s on two cores (two venv builds, three short load runs).
 """
 
 from __future__ import annotations
@@ -31,6 +31,25 @@ def bg() -> Iterator[BlueGreenSite]:
 
 def tail(res: subprocess.CompletedProcess[str]) -> str:
     return f"exit {res.returncode}\nstderr: {res.stderr[-3000:]}"
+
+
+def test_code_only_hup_under_load_drops_nothing(bg: BlueGreenSite, tmp_path: Path) -> None:
+    """Load through Nginx across a code-only deploy (HUP of the live colour): no failed
+    request, and the new sha is served by the end."""
+    new = bg.site.commit({"pages/about.txt": "code only\n"}, "A code-only change")
+    with Nginx(tmp_path / "nginx", [bg.ports["blue"], bg.ports["green"]], bg.site.root) as nx:
+        load = Load(nx.url + "/healthz", rate=RATE, max_seconds=60).start()
+        try:
+            res = bg.site.watcher("--once", timeout=120)
+            time.sleep(1.0)
+        finally:
+            result = load.stop()
+    print(f"\nHUP deploy under load: {result.total} requests, {result.failed} failed, "
+          f"p99 {result.p99() * 1000:.1f} ms")
+    assert res.returncode == 0, tail(res)
+    assert result.failed == 0, result.errors
+    assert result.total >= 100
+    assert result.bodies.get(f"ok {new}", 0) > 0
 
 
 def test_bluegreen_deploy_under_load_drops_nothing(bg: BlueGreenSite, tmp_path: Path) -> None:
