@@ -20,6 +20,7 @@ from support.daemon import (
     code_change,
     http_get,
     post_github_push,
+    proc_cmdline,
     wait_served,
 )
 from support.site import Site
@@ -59,16 +60,18 @@ def box(site_factory: Callable[..., Site], tmp_path_factory: pytest.TempPathFact
     return Sandbox(site, port)
 
 
-def kill_strays(root: Path) -> None:
-    """SIGKILL processes working inside `root` (hook children of a SIGKILLed daemon)."""
+def stray_hooks(root: Path) -> list[int]:
+    """`sleep` hook processes working inside `root` (Gunicorn works there too: left alone)."""
+    found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 cwd = os.readlink(entry / "cwd")
             except OSError:
                 continue
-            if cwd.startswith(str(root) + "/"):
-                os.kill(int(entry.name), signal.SIGKILL)
+            if cwd.startswith(str(root) + "/") and proc_cmdline(int(entry.name))[:1] == ["sleep"]:
+                found.append(int(entry.name))
+    return found
 
 
 def stamp(event: dict[str, object]) -> float:
@@ -207,7 +210,8 @@ def test_daemon_sigkilled_mid_deploy_is_recovered_by_the_next_once(box: Sandbox)
         d.wait_step("pre_switch")
         d.proc.kill()
         d.proc.wait()
-    kill_strays(site.root / "releases")  # the hook's `sleep` lives in its own session
+    for pid in stray_hooks(site.root / "releases"):  # the hook's `sleep`, in its own session
+        os.kill(pid, signal.SIGKILL)
     assert lock.holder(site.root / ".watcher" / "lock") is None
     before = site.live_release()
     result = site.watcher("--once")
@@ -235,6 +239,7 @@ def test_sigterm_during_pre_switch_leaves_the_old_release_and_retries(box: Sandb
     assert site.served_revision() == old_sha
     assert sha not in site.state()["bad"]
     assert [p for p in (site.root / "releases").iterdir() if sha[:12] in p.name] == []
+    assert stray_hooks(site.root / "releases") == []  # the hook was killed, not orphaned
     with box.daemon(git_interval="1s") as again:
         wait_served(site, sha, timeout=30)
         assert again.stop() == 0
