@@ -282,6 +282,9 @@ def test_unreachable_remote_backs_off_and_turns_healthz_503(box: Sandbox) -> Non
             status, body = http_get(box.port, "/healthz")
             assert status == 503, body
             assert '"consecutive_failures": 3' in body
+            metrics = http_get(box.port, "/metrics")[1]
+            transient = re.search(r'watcher_checks_total\{result="transient"\} (\d+)', metrics)
+            assert transient is not None and int(transient.group(1)) >= 3
             assert d.proc.poll() is None
             t1, t2, t3 = (stamp(e) for e in d.named("check.failed")[:3])
             assert t2 - t1 > 0.45  # more than the 0.3 s interval: backed off
