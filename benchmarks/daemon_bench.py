@@ -248,7 +248,7 @@ def table(m: dict[str, Any]) -> str:
                                                  f"peak {m['rss_peak_mib']:.1f})"),
         ("webhook -> serving, code-only (median)", f"{m['webhook_to_serving_s']:.2f} s"),
         ("  runs", runs),
-        ("  of which the deploy itself (median)", f"{m['deploy_s']:.2f} s"),
+        ("  deploy.start -> deploy.finished (median)", f"{m['deploy_s']:.2f} s"),
     ]
     width = max(len(r[0]) for r in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
