@@ -198,3 +198,19 @@ def test_http_token_is_not_sent_to_another_host_on_redirect(remotes: Remotes) ->
         assert moved.token_seen >= 1 and moved.seen[0][2] == 302
         assert other.seen and other.token_seen == 0
         assert_no_token(result.stdout, result.stderr)
+
+
+def test_ssh_key_readable_by_others_fails_naming_the_setting(remotes: Remotes) -> None:
+    """A deploy key with mode 0644 (ssh ignores it) fails with exit 3; the error says why
+    and names git.ssh_key_file rather than the key's path."""
+    loose = KeyPair.make(remotes.dir / "loose_key", "loose")
+    loose.private.chmod(0o644)
+    with (remotes.sshd.dir / "authorized_keys").open("a") as authorized:
+        authorized.write(loose.public + "\n")  # the server would take it: ssh refuses it
+    known = remotes.known_hosts("known_hosts", remotes.sshd.known_hosts_line())
+    result, took = remotes.ssh(known, key=loose)
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert took < 20
+    message = error_of(result)
+    assert 'Load key "<git.ssh_key_file>": bad permissions' in message
+    assert str(loose.private) not in result.stderr + result.stdout

@@ -69,6 +69,13 @@ class GitSource:
         )
         return result.output
 
+    def _reason(self, exc: StepFailed) -> str:
+        """Why git failed, with the deploy key's path replaced by its setting's name (ssh
+        quotes it in "Load key ...: bad permissions")."""
+        text = _reason(exc.output_tail)
+        key = self.cfg.ssh_key_file
+        return text.replace(key, "<git.ssh_key_file>") if key else text
+
     # -- remote ------------------------------------------------------------------------
     def remote_head(self) -> str:
         """The branch's sha on the remote, by ls-remote: no objects are fetched."""
@@ -78,7 +85,7 @@ class GitSource:
         except StepFailed as exc:
             raise RemoteUnreachable(
                 f"git ls-remote {scrub(self.cfg.remote)} failed: {exc.message}: "
-                f"{_reason(exc.output_tail)}"
+                f"{self._reason(exc)}"
             ) from None
         for line in out.splitlines():
             sha, _, name = line.partition("\t")
@@ -100,7 +107,7 @@ class GitSource:
         except StepFailed as exc:
             raise RemoteUnreachable(
                 f"git fetch from {scrub(self.cfg.remote)} failed: {exc.message}: "
-                f"{_reason(exc.output_tail)}"
+                f"{self._reason(exc)}"
             ) from None
 
     def resolve(self, rev: str) -> str:
