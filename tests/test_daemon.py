@@ -150,7 +150,13 @@ def test_watcher_trigger_causes_a_check(box: Sandbox) -> None:
         d.wait_for("check.unchanged", after=1, timeout=5)
         assert time.monotonic() - asked < 5
         assert [e["source"] for e in d.named("hint.received")] == ["trigger"]
+        key = box.site.root / ".watcher" / "trigger.key"
+        assert key.stat().st_mode & 0o777 == 0o600
+        assert key.read_text().strip() not in d.text()
         assert d.stop() == 0
+    alone = box.site.watcher("trigger", timeout=30)  # no daemon listening now
+    assert alone.returncode == 3
+    assert "did not answer" in alone.stderr
 
 
 def test_sigusr1_causes_a_check(box: Sandbox) -> None:
