@@ -322,3 +322,25 @@ def test_a_flood_of_signals_never_wedges_the_daemon(box: Sandbox) -> None:
         assert d.stop(timeout=10) == 0
         assert not d.named("check.crashed")
     print(f"\n{sent} SIGUSR1 sent")
+
+
+def test_a_broken_push_is_tried_once_not_in_a_loop(box: Sandbox) -> None:
+    """A commit that fails before the switch is deployed once, then only noted as known bad
+    at every poll and hint, while the old release serves; the next push deploys again."""
+    site = box.site
+    old_sha = site.served_revision()
+    views = site.read("pages/views.py")
+    with box.daemon() as d:
+        bad = site.commit({"pages/views.py": views + "\ndef broken(:\n"}, "A syntax error")
+        failed = d.wait_for("deploy.finished", timeout=60)
+        assert failed["outcome"] == "failed"
+        d.wait_for("check.known_bad", after=2, timeout=20)
+        assert post_github_push(box.port, SECRET, bad) == 202
+        d.wait_for("check.known_bad", after=3, timeout=20)
+        assert len(d.named("deploy.start")) == 1
+        assert site.served_revision() == old_sha
+        assert 'watcher_deploys_total{outcome="failed"} 1.0' in http_get(box.port, "/metrics")[1]
+        fixed = site.commit({"pages/views.py": views}, "Fix the syntax error")
+        wait_served(site, fixed, timeout=30)
+        assert len(d.named("deploy.start")) == 2
+        assert d.stop() == 0
