@@ -2,7 +2,10 @@
 subprocesses and on the health check show) over one deploy in a fresh sandbox.
 
     .venv/bin/pip install pyinstrument   # not a dev dependency: only this script uses it
-    .venv/bin/python benchmarks/profile_deploy.py
+    .venv/bin/python benchmarks/profile_deploy.py [requirements]
+
+With `requirements`, the profiled deploy changes the requirements (a venv build, a blue/green
+swap, and the pruning of the oldest release and its venv) after three such deploys.
 """
 
 from __future__ import annotations
@@ -23,7 +26,13 @@ def main() -> int:
         res = sb.site.watcher("--once", timeout=300)
         if res.returncode != 0:
             raise RuntimeError(res.stderr[-2000:])
-        sb.commit_code(1)
+        if sys.argv[1:] == ["requirements"]:
+            for n in range(3):
+                sb.commit_requirements(n)
+                sb.watcher_deploy()
+            sb.commit_requirements(3)
+        else:
+            sb.commit_code(1)
         env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHER_")}
         out = subprocess.run(
             [sys.executable, "-m", "pyinstrument", "-m", "watcher", "--once",
