@@ -44,7 +44,11 @@ class Sandbox:
 
     def daemon(self, **overrides: str) -> DaemonProcess:
         d = DaemonProcess(self.site, **overrides)
-        d.wait_for("check.unchanged")  # listening, and the first check is done
+        try:
+            d.wait_for("check.unchanged")  # listening, and the first check is done
+        except BaseException:
+            d.close()
+            raise
         return d
 
 
