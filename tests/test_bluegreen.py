@@ -25,7 +25,7 @@ HEALTHZ = 'return HttpResponse(f"ok {revision()}\\n", content_type="text/plain; 
 
 @pytest.fixture(scope="module")
 def bg() -> Iterator[BlueGreenSite]:
-    sandbox = BlueGreenSite.create(health_timeout="5s")
+    sandbox = BlueGreenSite.create(health_timeout="5s", keep_mysite=True)  # mysite: a worker
     try:
         yield sandbox
     finally:
@@ -57,20 +57,24 @@ def test_first_deploy_starts_blue(bg: BlueGreenSite) -> None:
 
 
 def test_code_only_change_hups_the_live_colour(bg: BlueGreenSite) -> None:
-    """A code-only change HUPs blue (same master pid) and green stays stopped."""
-    pid = bg.program("blue")["pid"]
+    """A code-only change HUPs blue (same master pid) and the worker program, and green
+    stays stopped."""
+    pid, worker = bg.program("blue")["pid"], bg.site.master_pid()
     sha = bg.site.commit({"pages/about.txt": "code only\n"}, "A code-only change")
     res = once(bg)
     assert res.returncode == 0, tail(res)
     assert reload_action(res) == "reload:hup"
     assert bg.program("blue")["pid"] == pid
+    assert bg.site.master_pid() == worker
     assert settled(bg, "blue", sha) == sha
     assert bg.statename("green") == "STOPPED"
     assert bg.recorded_colour() == "blue"
 
 
 def test_venv_change_swaps_to_green(bg: BlueGreenSite) -> None:
-    """A requirements change starts green on the new release and stops blue."""
+    """A requirements change starts green on the new release and stops blue; the worker
+    program is restarted on the new venv."""
+    worker = bg.site.master_pid()
     reqs = bg.site.read(REQUIREMENTS)
     sha = bg.site.commit({REQUIREMENTS: reqs + "# a new venv\n"}, "Change the requirements")
     res = once(bg)
@@ -81,6 +85,8 @@ def test_venv_change_swaps_to_green(bg: BlueGreenSite) -> None:
     assert bg.statename("blue") == "STOPPED"
     assert bg.recorded_colour() == "green"
     assert bg.site.state()["last_check"]["result"] == "deployed"
+    assert bg.site.master_pid() != worker
+    assert bg.site.served_revision() == sha
 
 
 def test_rollback_reverses_the_swap(bg: BlueGreenSite) -> None:

@@ -238,14 +238,16 @@ class Load:
 # -- a Site whose app runs as a blue/green pair ------------------------------------------
 @dataclass
 class BlueGreenSite:
-    """`Site` with `mysite_blue`/`mysite_green` on their own ports instead of `mysite`:
-    supervisor.programs is emptied and health.url cleared (the colours' URLs are used)."""
+    """`Site` with `mysite_blue`/`mysite_green` on their own ports; health.url is cleared
+    (the colours' URLs are used). `mysite` stays in supervisor.programs as a stand-in for a
+    worker program with `keep_mysite`, else supervisor.programs is emptied."""
 
     site: Site
     ports: dict[str, int]
 
     @classmethod
-    def create(cls, reload: str = "auto", **site_kwargs: Any) -> BlueGreenSite:
+    def create(cls, reload: str = "auto", keep_mysite: bool = False,
+               **site_kwargs: Any) -> BlueGreenSite:
         ports = {"blue": free_port(), "green": free_port()}
         urls = ", ".join(f'"http://127.0.0.1:{p}/healthz"' for p in ports.values())
         extra = (f'\n[bluegreen]\nprograms = ["mysite_blue", "mysite_green"]\n'
@@ -260,7 +262,9 @@ class BlueGreenSite:
                     f'GUNICORN_PROC_NAME="mysite_{colour}"\n'
                     "autostart=false\nautorestart=true\nstartsecs=1\nstartretries=1\n"
                     "stopsignal=TERM\nstopwaitsecs=25\nstopasgroup=true\nkillasgroup=true\n"))
-            text = site.config.read_text().replace('programs = ["mysite"]', "programs = []")
+            text = site.config.read_text()
+            if not keep_mysite:
+                text = text.replace('programs = ["mysite"]', "programs = []")
             text = re.sub(r'(\[health\]\n)url = ".*"', r'\1url = ""', text)
             text = text.replace('start_timeout = "30s"',
                                 f'start_timeout = "30s"\nreload = "{reload}"')
