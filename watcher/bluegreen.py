@@ -76,21 +76,25 @@ class BlueGreen:
         return self.colours[1] if colour is self.colours[0] else self.colours[0]
 
     def find_live(self, sup: Supervisor) -> tuple[Colour | None, list[Colour]]:
-        """The live colour and any other colour that is up too (to be stopped)."""
-        up = [c for c in self.colours if sup.info(c.program).statename == RUNNING]
+        """The live colour, and the other one when it is not down (to be stopped: it is
+        RUNNING too, or STARTING/BACKOFF and could come up serving another version)."""
+        states = {c.name: sup.info(c.program).statename for c in self.colours}
+        up = [c for c in self.colours if states[c.name] == RUNNING]
         recorded = self.by_name(self.colour)
         if not up:
             if recorded is not None:
                 log.warning("bluegreen.none_running", recorded=self.colour)
             return None, []
         if len(up) == 1:
-            if recorded is not None and recorded is not up[0]:
+            live = up[0]
+            if recorded is not None and recorded is not live:
                 log.warning("bluegreen.state_disagrees", recorded=self.colour,
-                            running=up[0].name)
-            return up[0], []
-        live = recorded or self.colours[0]
-        log.warning("bluegreen.both_running", live=live.name)
-        return live, [self.other(live)]
+                            running=live.name)
+        else:
+            live = recorded or self.colours[0]
+            log.warning("bluegreen.both_running", live=live.name)
+        other = self.other(live)
+        return live, ([] if states[other.name] in STOPPED_STATES else [other])
 
     # -- reloads -------------------------------------------------------------------------
     def reload(self, sup: Supervisor, mode: str, sha: str) -> str:
