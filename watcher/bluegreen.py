@@ -13,8 +13,14 @@ A code-only change HUPs the live colour: Gunicorn forks fresh workers from the n
 
 Which colour is live: the one state.json recorded, checked against Supervisord, which wins.
 After a reboot only the autostart colour runs (see supervisor/conf.d-bluegreen/), whatever
-state says. If both run (a kill between starting one and stopping the other), the recorded
-one is taken as live and the other is stopped after the reload, so one version serves.
+state says. If both run, the recorded one is taken as live and the other is stopped.
+
+Crash points: a kill -9 of watcher after the idle colour started and before the old one
+stopped leaves both running, `current` on a release state.json does not know. The next run's
+recovery switches `current` back and reloads: both up, so the recorded (old) colour is live,
+the other is stopped and started afresh on the old release, then the old colour stops; one
+version serves again. A kill after the stop but before state.json is written leaves only the
+new colour running: Supervisord's answer wins over the recorded colour.
 """
 
 from __future__ import annotations
