@@ -53,8 +53,7 @@ class Builder:
             )
             venvs.link(self.release, self.digest)
         with self.steps.step("check"):
-            self.django.check()
-            inspection = self.django.inspect()
+            inspection = self.django.inspect(gate=True)
         self._migrate(inspection)
         self._collectstatic(inspection, live_release)
         for i, argv in enumerate(cfg.hooks.pre_switch):
