@@ -6,11 +6,15 @@ the site healthy for the next). Runtime: about 40 s on two cores (two venv build
 from __future__ import annotations
 
 import configparser
+import os
 import re
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 from support.nginx import BlueGreenSite
@@ -160,6 +164,39 @@ def test_both_colours_running_converges_on_the_recorded_one(bg: BlueGreenSite) -
     assert settled(bg, live, sha) == sha
     assert bg.statename(other) == "STOPPED"
     assert bg.recorded_colour() == live
+
+
+def test_kill_mid_swap_recovers_to_one_colour(bg: BlueGreenSite) -> None:
+    """A watcher SIGKILLed after the idle colour came up and before the old one stopped
+    leaves both running; the next `--once` recovers and deploys, and one colour serves."""
+    bg.set_reload("bluegreen")
+    sha = bg.site.commit({"pages/about.txt": "killed\n"}, "Deploy that gets killed")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHER_")}
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "watcher", "--once", "--config", str(bg.site.config)],
+            stdout=subprocess.DEVNULL, stderr=err, env=env)
+        try:
+            deadline = time.monotonic() + 120
+            while "bluegreen.healthy" not in _read(err):  # now in the settle pause
+                assert proc.poll() is None and time.monotonic() < deadline, _read(err)[-3000:]
+                time.sleep(0.05)
+        finally:
+            proc.kill()
+            proc.wait()
+    assert bg.statename("blue") == bg.statename("green") == "RUNNING"
+    res = once(bg)
+    bg.set_reload("auto")
+    assert res.returncode == 0, tail(res)
+    up = [c for c in ("blue", "green") if bg.statename(c) == "RUNNING"]
+    assert up == [bg.recorded_colour()]
+    assert settled(bg, up[0], sha) == sha
+    assert "recover.switch_back" in [e.get("event") for e in log_events(res.stderr)]
+
+
+def _read(f: IO[str]) -> str:
+    f.seek(0)
+    return f.read()
 
 
 def settled(bg: BlueGreenSite, colour: str, expected: str, timeout: float = 5.0) -> str:
