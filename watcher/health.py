@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import requests
 import structlog
 
 from watcher.errors import StepFailed
@@ -28,6 +27,8 @@ def wait_healthy(
     started = clock()
     deadline = started + timeout
     last = "no answer"
+    import requests  # imported by the deploys that need it, not by every no-op check
+
     with requests.Session() as session:
         while True:
             per_try = max(0.5, min(5.0, deadline - clock()))

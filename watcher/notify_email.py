@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import requests
 import structlog
 
 from watcher.config import EmailConfig, read_secret
@@ -250,6 +249,8 @@ class EmailNotifier:
         headers = {"Accept": "application/json", "User-Agent": "watcher"}
         if token:
             headers["X-Postmark-Server-Token"] = token
+        import requests  # only when a mail goes out through the HTTP API
+
         try:
             resp = requests.post(self.cfg.api_url, json=body, headers=headers,
                                  timeout=timeout, allow_redirects=False)
