@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -52,8 +53,18 @@ class Layout:
                       if p.is_dir() and not p.name.startswith("."))
 
 
+_last_stamp = 0
+_stamp_lock = threading.Lock()
+
+
 def release_name(sha: str, now: float | None = None) -> str:
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
+    """`<UTC stamp>-<sha12>`. Without `now`, a stamp never repeats within this process: two
+    deploys in one second would sort by sha, and pruning and rollback go by name order."""
+    global _last_stamp
+    if now is None:
+        with _stamp_lock:
+            _last_stamp = now = max(int(time.time()), _last_stamp + 1)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
     return f"{stamp}-{sha[:12]}"
 
 

@@ -6,7 +6,9 @@ as a streamed subprocess one can kill mid-step, config edits, immutable director
     with Poller(site.port) as poll: ...      # GET /healthz every 50 ms; poll.samples
     proc = WatcherProc(site, "--once")       # stderr parsed as JSON log events as they come
     proc.wait_for(step_start("migrate")); proc.kill(); proc.reap_orphans()
-    set_config(site, {"hooks": {"pre_switch": '[["false"]]'}})
+    set_config(site.config, base, {"hooks": {"pre_switch": '[["false"]]'}})
+    bench = Bench(*new_site())               # a deployed site; bench.commit_fault(...),
+                                             # bench.undo (an ExitStack), bench.good_commit()
 
 Every server here listens on 127.0.0.1 only and is stopped by `close()` / the `with` exit.
 """

@@ -1,0 +1,139 @@
+"""Disk stays bounded: 200 deploys in a row leave `keep_releases` releases, no venv that no
+release uses, an empty spool while the logging API is up, and bounded state.
+
+The 200 deploys are real (real git remote and mirror, real venvs, Django checks, Gunicorn
+HUPs over supervisord, health checks and reports) but driven in-process through
+`Deployer(cfg).check_once()`, which saves the interpreter start of `python -m watcher` on
+every deploy. The first deploy and a last check run `watcher --once` as a subprocess.
+Twice the requirements change, so venvs are built and must be pruned once unused.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support.faults import complete_release
+from support.site import TOKEN, Site
+
+from watcher.config import load
+from watcher.deploy import Deployer
+
+pytestmark = pytest.mark.slow
+
+DEPLOYS = 200
+KEEP = 3
+# Deploy number -> the requirements.txt suffix from then on (a new venv each time).
+REQUIREMENT_CHANGES = {60: "# variant b\n", 61: "", 140: "# variant c\n"}
+
+
+@pytest.fixture
+def site() -> Iterator[Site]:
+    s = Site(keep_releases=KEEP)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def _du(path: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for f in files:
+            p = Path(dirpath) / f
+            if not p.is_symlink():
+                total += p.stat().st_size
+    return total
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _children() -> list[int]:
+    me = str(os.getpid())
+    kids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[1] == me and fields[0] != "Z":
+                kids.append(int(entry.name))
+    return kids
+
+
+@pytest.mark.timeout(1800)  # about 1.5 s a deploy on 2 busy cores: 5 to 8 minutes
+def test_two_hundred_deploys_stay_bounded(site: Site) -> None:
+    """After each of 200 deploys in a row: at most keep_releases releases (the newest ones),
+    only venvs some release uses, an empty spool, no stray temp files, and no file
+    descriptors or child processes piling up in the deploying process."""
+    first = site.watcher("--once")
+    assert first.returncode == 0, first.stderr[-3000:]
+    cfg = load(site.config)
+    root = site.root
+    requirements = site.read("requirements.txt")
+    deployed: list[str] = [site.live_release()]
+    fds_before, kids_before = _open_fds(), len(_children())
+    sizes: dict[int, int] = {}
+    seconds: list[float] = []
+    venv_builds = 0
+
+    for n in range(1, DEPLOYS + 1):
+        files = {"pages/marker.py": f"DEPLOY = {n}\n"}
+        if n in REQUIREMENT_CHANGES:
+            files["requirements.txt"] = requirements + REQUIREMENT_CHANGES[n]
+        sha = site.commit(files, f"Deploy {n}")
+        started = time.monotonic()
+        outcome = Deployer(cfg).check_once()
+        seconds.append(time.monotonic() - started)
+        assert (outcome.outcome, outcome.exit_code, outcome.sha) == ("succeeded", 0, sha), (
+            f"deploy {n}: {outcome}")
+        assert outcome.release is not None
+        deployed.append(outcome.release)
+        venv_builds += n in REQUIREMENT_CHANGES and REQUIREMENT_CHANGES[n] != ""
+
+        releases = site.releases()
+        assert len(releases) <= KEEP, f"deploy {n}: {len(releases)} releases"
+        assert set(deployed[-KEEP:]) == set(releases), f"deploy {n}: not the newest {KEEP}"
+        used = {os.readlink(root / "releases" / r / ".venv").split("/")[-1] for r in releases}
+        venvs = {p.name for p in (root / "venvs").iterdir()}
+        assert venvs == used, f"deploy {n}: venvs {venvs} but releases use {used}"
+        assert list((root / ".watcher" / "spool").glob("*.json")) == [], f"deploy {n}: spooled"
+        assert complete_release(root)
+        if n % 20 == 0 or n == 10:
+            sizes[n] = _du(root / "releases") + _du(root / "venvs")
+            print(f"deploy {n}: {sum(seconds):.0f}s so far", file=sys.stderr)
+
+    # Nothing piles up beside the releases.
+    state = site.state()
+    assert state["live"] == deployed[-1] == site.live_release()
+    assert set(state["releases"]) == set(site.releases())
+    assert len(state["history"]) <= 200 and state["bad"] == {}
+    state_dir = {p.name for p in (root / ".watcher").iterdir()}
+    assert state_dir <= {"state.json", "lock", "spool"}, state_dir
+    assert not [p for p in (root / "releases").iterdir() if p.name.startswith(".")]
+    assert not list(root.glob(".current-*"))
+    assert (root / ".watcher" / "state.json").stat().st_size < 2_000_000
+    # The bytes on disk for releases and venvs do not grow with the number of deploys.
+    assert sizes[DEPLOYS] <= sizes[10] * 1.2, sizes
+    # The reports all arrived, and no secret went with them.
+    delivered = site.api.delivered_ids()
+    assert len(delivered) == DEPLOYS + 1 and len(set(delivered)) == DEPLOYS + 1
+    assert not any(TOKEN.encode() in r.body for r in site.api.requests)
+    # The deploying process leaks neither descriptors nor child processes (git cat-file).
+    assert _open_fds() <= fds_before + 5, (fds_before, _open_fds())
+    assert len(_children()) <= kids_before, _children()
+    assert venv_builds == 2
+
+    again = site.watcher("--once")
+    assert again.returncode == 0 and again.stdout.startswith("unchanged"), again.stdout
+    assert site.served_revision() == site.head()
+    print(f"{DEPLOYS} in-process deploys: total {sum(seconds):.0f}s, median "
+          f"{sorted(seconds)[DEPLOYS // 2]:.2f}s, max {max(seconds):.1f}s; "
+          f"releases+venvs bytes {sizes}; mirror {_du(root / 'repo')} bytes")
