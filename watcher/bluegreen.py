@@ -38,10 +38,11 @@ from watcher.supervisor_rpc import RUNNING, STOPPED_STATES, Supervisor
 
 log = structlog.get_logger()
 NAMES = ("blue", "green")
-# Must exceed the `fail_timeout` of the upstream servers in Nginx (examples/nginx/mysite.conf
-# uses 2s): a port Nginx counted as failed within fail_timeout is skipped, and if the new
-# colour were still counted as failed when the old one stops, Nginx would find no live
-# upstream and answer 502.
+# Must exceed the `fail_timeout` of the upstream servers in Nginx + 1 s (Nginx counts it in
+# whole seconds; examples/nginx/mysite.conf uses 1s): a port Nginx counted as failed is
+# skipped that long, and if the new colour were still skipped when the old one stops, Nginx
+# would find no live upstream and answer 502. Counted from the new colour's first healthy
+# answer, after which Nginx cannot count a refused connection against it any more.
 SETTLE_S = 2.5
 # Supervisord SIGKILLs a program after its stopwaitsecs (30 in the shipped configs); wait a
 # little longer than that for the old colour's graceful stop.
