@@ -169,9 +169,9 @@ def hold_hook(b: Bench, step: str) -> str:
 
 
 def hold_reload(b: Bench) -> str:
-    pid = b.site.sv.proc.pid
-    os.kill(pid, signal.SIGSTOP)  # nothing before the reload step talks to supervisord
-    b.undo.callback(os.kill, pid, signal.SIGCONT)
+    """Stop+start reload; supervisord is SIGSTOPped once watcher has begun to stop the app."""
+    b.configure({"supervisor": {"reload": '"restart"'}})
+    b.undo.callback(os.kill, b.site.sv.proc.pid, signal.SIGCONT)
     return b.commit_fault({}, "A change reloaded by a hung supervisord")
 
 
@@ -205,7 +205,7 @@ KILLS: dict[str, tuple[Callable[[Bench], str], Callable[[dict[str, Any]], bool]]
     "collectstatic": (hold_collectstatic, step_start("collectstatic")),
     "pre_switch": (lambda b: hold_hook(b, "pre_switch"), step_start("pre_switch")),
     "switch": (no_hold, step_start("switch")),
-    "reload": (hold_reload, step_start("reload")),
+    "reload": (hold_reload, event("supervisor.stop")),
     "health": (hold_health, step_start("health")),
     "post_switch": (lambda b: hold_hook(b, "post_switch"), step_start("post_switch")),
     "prune": (no_hold, step_start("prune")),
@@ -230,6 +230,8 @@ def test_kill_during_step(bench: Bench, step: str) -> None:
     try:
         with CurrentWatch(site.root) as watch:
             proc.wait_for(kill_at, timeout=120)
+            if step == "reload":
+                os.kill(site.sv.proc.pid, signal.SIGSTOP)
             if step in HELD:
                 time.sleep(1.0)  # well inside the step, which is held open
             assert proc.proc.poll() is None, "watcher finished before the kill"

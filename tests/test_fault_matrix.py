@@ -36,8 +36,11 @@ Expected outcomes (exit code in brackets) and how each fault is caused; all real
 | pre_switch-hang    | failed [1]      | hook `["sleep", "30"]`; hooks.timeout 2s                 |
 | reload-exit        | rolled_back [1] | new requirements (stop+start) and a gunicorn.conf.py     |
 |                    |                 | that raises: the program goes to BACKOFF                 |
-| reload-hang        | rolled_back [1] | supervisord SIGSTOPped (supervisor.timeout 2s), SIGCONT  |
-|                    |                 | once the reload step has failed                          |
+| reload-hang        | rolled_back [1] | reload = "restart"; supervisord SIGSTOPped as watcher    |
+|                    |                 | stops the program (supervisor.timeout 2s), SIGCONT once  |
+|                    |                 | the reload step has failed                               |
+| reload-down        | transient [3]   | supervisord SIGKILLed before the run (Gunicorn, orphaned,|
+|                    |                 | keeps serving): nothing switched, nothing marked bad     |
 | health-exit        | rolled_back [1] | /healthz answers 500 in the new release; health 3s       |
 | health-hang        | rolled_back [1] | /healthz sleeps 30s in the new release; health 3s        |
 | post_switch-exit   | succeeded [0]   | hook `["false"]`                                         |
@@ -71,6 +74,7 @@ from support.faults import (
     StalledServer,
     WatcherProc,
     complete_release,
+    event,
     git_config,
     healthy,
     immutable,
@@ -97,7 +101,7 @@ class Cell:
 
     @property
     def outcome(self) -> str:
-        if self.step == "fetch":
+        if self.step == "fetch" or self.id == "reload-down":
             return "transient"
         if self.step in BEFORE_SWITCH:
             return "failed"
@@ -119,7 +123,7 @@ CELLS = [Cell(step, fault) for step, fault in [
     ("migrate", "exit"), ("migrate", "hang"),
     ("collectstatic", "exit"), ("collectstatic", "hang"),
     ("pre_switch", "exit"), ("pre_switch", "hang"),
-    ("reload", "exit"), ("reload", "hang"),
+    ("reload", "exit"), ("reload", "hang"), ("reload", "down"),
     ("health", "exit"), ("health", "hang"),
     ("post_switch", "exit"), ("post_switch", "hang"),
     ("report", "exit"), ("report", "hang"),
@@ -283,7 +287,18 @@ def fault_reload(b: Bench, fault: str) -> str:
             "requirements.txt": b.site.read("requirements.txt") + "# rebuilt\n",
             "gunicorn.conf.py": conf + "\nraise RuntimeError('gunicorn cannot start')\n",
         }, "New requirements and a Gunicorn config that cannot load")
-    b.configure({"supervisor": {"timeout": '"2s"'}})
+    if fault == "down":
+        sv = b.site.sv
+        os.kill(sv.proc.pid, signal.SIGKILL)
+        sv.proc.wait()
+
+        def restart() -> None:
+            sv.stop()  # the orphaned Gunicorn too
+            sv.socket_path.parent.mkdir(exist_ok=True)
+            sv.start()
+        b.undo.callback(restart)
+        return b.commit_fault({}, "A code change while supervisord is down")
+    b.configure({"supervisor": {"timeout": '"2s"', "reload": '"restart"'}})
     return b.commit_fault({}, "A code change while supervisord hangs")
 
 
@@ -336,10 +351,11 @@ def run_watcher(b: Bench, cell: Cell) -> Run:
         res = b.site.watcher("--once", timeout=180)
         return Run(res.returncode, res.stdout, res.stderr, time.monotonic() - started)
     sv_pid = b.site.sv.proc.pid
-    os.kill(sv_pid, signal.SIGSTOP)
     b.undo.callback(os.kill, sv_pid, signal.SIGCONT)
     proc = WatcherProc(b.site.config, "--once")
     try:
+        proc.wait_for(event("supervisor.stop"), timeout=120)  # the restart has begun
+        os.kill(sv_pid, signal.SIGSTOP)
         proc.wait_for(step_end("reload", "failed"), timeout=120)
         os.kill(sv_pid, signal.SIGCONT)
         code = proc.wait(timeout=180)
@@ -393,10 +409,11 @@ def test_fault_cell(bench: Bench, cell: Cell) -> None:
         assert site.served_revision() == old_sha
         assert state["live"] == old_release
         assert not [n for n in site.releases() if n.endswith(sha[:12])], "release not removed"
-    if cell.step == "fetch" or cell.step in BEFORE_SWITCH:
+    if cell.outcome in ("transient", "failed"):
         assert poll.samples, "the poller saw nothing"
         assert poll.bad(old_sha) == [], f"not the old revision, or an error: {poll.bad(old_sha)}"
-        assert site.master_pid() == old_master, "Gunicorn's master was restarted"
+        if cell.id != "reload-down":
+            assert site.master_pid() == old_master, "Gunicorn's master was restarted"
     venvs = site.root / "venvs"
     assert all((v / ".complete").exists() for v in venvs.iterdir()), "half-built venv left"
 
