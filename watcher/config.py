@@ -99,7 +99,7 @@ class HealthConfig:
     url: str = ""
     expect_revision: bool = True
     timeout: float = _dur(30.0)
-    interval: float = _dur(0.5)
+    interval: float = _dur(0.2)
 
 
 @dataclass(frozen=True)
