@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.nginx import BlueGreenSite, Load, Nginx
+from support.load import Load
+from support.nginx import BlueGreenSite, Nginx
 
 pytestmark = pytest.mark.slow
 RATE = 120  # requests per second, from 4 threads over keep-alive connections
