@@ -46,7 +46,8 @@ def status(cfg: Config, args: argparse.Namespace) -> int:
     holder = lock.holder(cfg.state_dir / "lock")
     data = {
         "app": cfg.app.name,
-        "live": {"release": live.name, "sha": live.sha, "venv": live.venv} if live else None,
+        "live": {"release": live.name, "sha": live.sha, "venv": live.venv,
+                 "colour": live.colour or None} if live else None,
         "last_check": state.last_check or None,
         "last_outcome": {k: last.get(k) for k in
                          ("event", "outcome", "to_sha", "release", "finished_at", "error")}
@@ -58,7 +59,11 @@ def status(cfg: Config, args: argparse.Namespace) -> int:
         print_json(data)
         return 0
     print(f"app:          {cfg.app.name}")
-    print(f"live:         {live.name + ' (' + live.sha[:12] + ')' if live else 'nothing deployed'}")
+    if live:
+        colour = f", {live.colour}" if live.colour else ""
+        print(f"live:         {live.name} ({live.sha[:12]}{colour})")
+    else:
+        print("live:         nothing deployed")
     lc = state.last_check
     print(f"last check:   {lc.get('at', 'never')} {lc.get('result', '')}".rstrip())
     if last:
