@@ -10,6 +10,7 @@ Twice the requirements change, so venvs are built and must be pruned once unused
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import time
@@ -17,9 +18,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
+from support.daemon import fd_count, proc_children, proc_state
 from support.faults import complete_release
 from support.site import TOKEN, Site
 
+from watcher import log
 from watcher.config import load
 from watcher.deploy import Deployer
 
@@ -50,26 +54,22 @@ def _du(path: Path) -> int:
     return total
 
 
-def _open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
+def _live_children() -> list[int]:
+    me = os.getpid()
+    return [p for p in proc_children(me) if proc_state(p) not in ("", "Z")]
 
 
-def _children() -> list[int]:
-    me = str(os.getpid())
-    kids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[1] == me and fields[0] != "Z":
-                kids.append(int(entry.name))
-    return kids
+@pytest.fixture
+def quiet_log() -> Iterator[io.StringIO]:
+    """watcher's log, warnings and up, into a buffer (not 5,000 lines of info)."""
+    buffer = io.StringIO()
+    log.configure("warning", stream=buffer, json=True)
+    yield buffer
+    structlog.reset_defaults()
 
 
 @pytest.mark.timeout(1800)  # about 1.5 s a deploy on 2 busy cores: 5 to 8 minutes
-def test_two_hundred_deploys_stay_bounded(site: Site) -> None:
+def test_two_hundred_deploys_stay_bounded(site: Site, quiet_log: io.StringIO) -> None:
     """After each of 200 deploys in a row: at most keep_releases releases (the newest ones),
     only venvs some release uses, an empty spool, no stray temp files, and no file
     descriptors or child processes piling up in the deploying process."""
@@ -79,7 +79,7 @@ def test_two_hundred_deploys_stay_bounded(site: Site) -> None:
     root = site.root
     requirements = site.read("requirements.txt")
     deployed: list[str] = [site.live_release()]
-    fds_before, kids_before = _open_fds(), len(_children())
+    fds_before, kids_before = fd_count(os.getpid()), len(_live_children())
     sizes: dict[int, int] = {}
     seconds: list[float] = []
     venv_builds = 0
@@ -127,8 +127,9 @@ def test_two_hundred_deploys_stay_bounded(site: Site) -> None:
     assert len(delivered) == DEPLOYS + 1 and len(set(delivered)) == DEPLOYS + 1
     assert not any(TOKEN.encode() in r.body for r in site.api.requests)
     # The deploying process leaks neither descriptors nor child processes (git cat-file).
-    assert _open_fds() <= fds_before + 5, (fds_before, _open_fds())
-    assert len(_children()) <= kids_before, _children()
+    assert fd_count(os.getpid()) <= fds_before + 5, (fds_before, fd_count(os.getpid()))
+    assert len(_live_children()) <= kids_before, _live_children()
+    assert '"level": "error"' not in quiet_log.getvalue(), quiet_log.getvalue()[-2000:]
     assert venv_builds == 2
 
     again = site.watcher("--once")
