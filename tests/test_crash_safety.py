@@ -251,6 +251,10 @@ def test_kill_during_step(bench: Bench, step: str) -> None:
             if step not in ("reload", "health"):
                 assert site.served_revision() in (old_sha, sha)
 
+            # What a kill inside a state.json write leaves (see the test below), planted.
+            stray = site.root / ".watcher" / "state.json.tmp-999999"
+            stray.write_text('{"live": "half')
+
             # The next run, with the step no longer held open.
             bench.undo.close()
             bench.reset_config()
@@ -272,6 +276,7 @@ def test_kill_during_step(bench: Bench, step: str) -> None:
     assert {v.name for v in venvs.iterdir()} <= used
     assert all((v / ".complete").exists() for v in venvs.iterdir())
     assert not list(site.root.glob(".current-*"))
+    assert not stray.exists(), "a dead writer's state.json temp file is left"
     assert not [p for p in (site.root / "releases").iterdir() if p.name.startswith(".")]
     assert lock.holder(lock_path) is None
     spool = site.root / ".watcher" / "spool"

@@ -250,6 +250,9 @@ class Deployer:
         """
         for stray in self.layout.root.glob(".current-*"):
             stray.unlink(missing_ok=True)
+        # A kill inside StateFile.save leaves its temp file, named by the dead pid: never reused.
+        for stray in self.state_file.path.parent.glob(f"{self.state_file.path.name}.tmp-*"):
+            stray.unlink(missing_ok=True)
         linked = self.layout.live()
         live = state.live_record()
         if live is not None and linked != live.name and self.layout.release(live.name).is_dir():
