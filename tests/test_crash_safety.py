@@ -36,6 +36,7 @@ from support.faults import (
     new_site,
     step_start,
 )
+from support.site import TOKEN
 
 from watcher import lock
 from watcher.state import State, StateFile, write_atomic
@@ -262,6 +263,7 @@ def test_kill_during_step(bench: Bench, step: str) -> None:
     finally:
         proc.close()  # SIGKILLs any child of the killed run still alive
     assert again.returncode == 0, again.stderr[-4000:]
+    assert TOKEN not in "".join(proc.lines) + again.stderr + again.stdout
     assert watch.checks > 10 and watch.broken == [], f"current broken: {watch.broken[:3]}"
 
     state = site.state()

@@ -397,6 +397,7 @@ def test_fault_cell(bench: Bench, cell: Cell) -> None:
     if cell.outcome != "transient":
         assert run.stdout.startswith(f"{cell.outcome}: {sha[:12]}"), run.stdout
     assert TOKEN not in output
+    assert TOKEN not in (site.root / ".watcher" / "state.json").read_text()
 
     # What is served, during and after.
     state = site.state()
