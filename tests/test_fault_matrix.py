@@ -11,6 +11,8 @@ Expected outcomes (exit code in brackets) and how each fault is caused; all real
 
 | cell               | expected        | how it is caused                                         |
 |--------------------|-----------------|----------------------------------------------------------|
+| resolve-exit       | transient [3]   | the remote repository moved away (ls-remote fails)       |
+| resolve-hang       | transient [3]   | git.remote a TCP server that accepts and never answers   |
 | fetch-exit         | transient [3]   | the new commit's object deleted from the remote (put     |
 |                    |                 | back after): ls-remote works, `git fetch` fails          |
 | fetch-hang         | transient [3]   | the mirror's `url.<stall>.insteadOf` sends the fetch to  |
@@ -48,8 +50,9 @@ Expected outcomes (exit code in brackets) and how each fault is caused; all real
 | report-exit        | succeeded [0]   | the logging API refuses connections: report spooled      |
 | report-hang        | succeeded [0]   | the API holds requests (`slow`); timeout 1s, budget 3s   |
 
-A fetch failure is transient (exit 3): no deploy outcome exists for it in §7, so no report is
-sent; `last_check.result` says "transient" and the commit is not marked bad.
+A transient failure (remote or supervisord unreachable, exit 3) has no deploy outcome in §7,
+so no report is sent; `last_check.result` says "transient", the half-built release is gone,
+nothing is switched and the commit is not marked bad, so the next check retries it.
 
 The cells share one site (building its first venv takes most of a fresh site's cost); each
 cell starts from a healthy site on the last good commit and, if the one before it left the
@@ -101,7 +104,7 @@ class Cell:
 
     @property
     def outcome(self) -> str:
-        if self.step == "fetch" or self.id == "reload-down":
+        if self.step in ("resolve", "fetch") or self.id == "reload-down":
             return "transient"
         if self.step in BEFORE_SWITCH:
             return "failed"
@@ -115,6 +118,7 @@ class Cell:
 
 
 CELLS = [Cell(step, fault) for step, fault in [
+    ("resolve", "exit"), ("resolve", "hang"),
     ("fetch", "exit"), ("fetch", "hang"),
     ("export", "exit"), ("export", "hang"), ("export", "oserr"),
     ("shared", "exit"),
@@ -189,6 +193,19 @@ STORAGES = {
     "staticfiles": {"BACKEND": "pages.storage.FaultyStorage"},
 }
 """
+
+
+def fault_resolve(b: Bench, fault: str) -> str:
+    sha = b.commit_fault({}, "A commit behind an unreachable remote")
+    if fault == "exit":
+        remote = b.site.remote
+        aside = remote.with_name(remote.name + ".aside")
+        remote.rename(aside)
+        b.undo.callback(aside.rename, remote)
+    else:
+        stall = b.undo.enter_context(StalledServer())
+        b.configure({"git": {"timeout": '"3s"', "remote": f'"{stall.url}/x.git"'}})
+    return sha
 
 
 def fault_fetch(b: Bench, fault: str) -> str:
@@ -327,7 +344,7 @@ def fault_report(b: Bench, fault: str) -> str:
 
 
 FAULTS: dict[str, Callable[[Bench, str], str]] = {
-    "fetch": fault_fetch, "export": fault_export, "shared": fault_shared,
+    "resolve": fault_resolve, "fetch": fault_fetch, "export": fault_export, "shared": fault_shared,
     "venv": fault_venv, "check": fault_check, "migrate": fault_migrate,
     "collectstatic": fault_collectstatic, "reload": fault_reload, "health": fault_health,
     "report": fault_report,
