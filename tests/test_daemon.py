@@ -113,7 +113,14 @@ def test_metrics_show_checks_deploys_and_live_revision(box: Sandbox) -> None:
         sha = code_change(box.site, "metrics")
         assert post_github_push(box.port, SECRET, sha) == 202
         d.wait_for("deploy.finished")
-        status, text = http_get(box.port, "/metrics")
+        # The counters move when the check returns to the loop, just after the report is
+        # sent: poll for them rather than racing the log line.
+        deadline = time.monotonic() + 10
+        while True:
+            status, text = http_get(box.port, "/metrics")
+            if 'result="deployed"} 1.0' in text or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         assert status == 200
         assert 'watcher_checks_total{result="unchanged"} 1.0' in text
         assert 'watcher_checks_total{result="deployed"} 1.0' in text

@@ -102,6 +102,7 @@ class Daemon:
         finally:
             self.server.stop()
             restore()
+            runner.CANCEL.clear()  # the flag is process-wide: leave none behind for others
             log.info("daemon.stopped", checks=self.checks)
         return EXIT_OK
 
