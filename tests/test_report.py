@@ -245,13 +245,12 @@ def test_401_is_not_retried_but_spooled_with_the_status_logged(
 def test_a_report_the_api_refuses_as_malformed_is_set_aside(
     api: LogAPI, tmp_path: Path, token_file: Path
 ) -> None:
-    """A 400 spools the report once; refused again at the next flush, it moves to *.rejected
-    (kept on disk) instead of blocking the reports behind it."""
+    """A report the API refuses as malformed (400) moves to *.rejected, kept on disk, instead
+    of blocking the reports behind it."""
     rep = reporter(api, tmp_path, token_file)
     api.mode = "400"
     poisoned = make_report()
     assert rep.send(poisoned) is False
-    assert len(spooled(tmp_path)) == 1
     assert rep.flush() == 0
     assert spooled(tmp_path) == []
     [rejected] = (tmp_path / ".watcher" / "spool").glob("*.rejected")
@@ -337,3 +336,23 @@ def test_report_ids_sort_by_creation_time() -> None:
     assert sorted(ids) == ids
     assert len(set(ids)) == len(ids)
     assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+
+
+def test_a_report_is_on_disk_while_it_is_being_sent(
+    api: LogAPI, tmp_path: Path, token_file: Path
+) -> None:
+    """The report is spooled before the POST, so a watcher killed mid-send loses nothing."""
+    api.mode = "slow"
+    api.slow_s = 1.5
+    rep = reporter(api, tmp_path, token_file)
+    report = make_report()
+    sender = threading.Thread(target=rep.send, args=(report,))
+    sender.start()
+    seen_during_send = False
+    while sender.is_alive():
+        if any(report.id in p.name for p in (tmp_path / ".watcher" / "spool").glob("*.json")):
+            seen_during_send = True
+            break
+        time.sleep(0.01)
+    sender.join()
+    assert seen_during_send

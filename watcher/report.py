@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -81,6 +81,12 @@ class Report:
         for key in ("steps", "commits", "migrations_applied"):
             doc[key] = list(doc[key])
         return doc
+
+
+def _in_design_order(doc: dict[str, Any]) -> dict[str, Any]:
+    """The document's keys in DESIGN §7's order (the spool stores them sorted)."""
+    order = [f.name for f in fields(Report)]
+    return {**{k: doc[k] for k in order if k in doc}, **doc}
 
 
 def new_report_id() -> str:
@@ -152,13 +158,14 @@ class Reporter:
                     return True
                 _log.critical("report.lost", id=report.id, reason="spool unavailable")
                 return False
+            # Spooled first, sent from the spool: a kill -9 while sending loses nothing.
             with spool.exclusive() as mine:
+                self._put(spool, doc)
+                doc = None  # on disk now: an error below must not spool it twice
                 if not mine:  # another thread or process is flushing: queue behind it
                     _log.info("report.spool_busy", id=report.id)
-                elif self._flush(spool, deadline)[1] and self._send_one(doc, deadline) == "sent":
-                    return True
-                self._put(spool, doc)
-                return False
+                    return False
+                return report.id in self._flush(spool, deadline)
         except Exception as exc:  # reporting must never fail a deploy
             _log.error("report.internal_error", id=report.id, error=type(exc).__name__)
             if doc is not None and spool is not None:
@@ -174,32 +181,34 @@ class Reporter:
             if spool is None:
                 return 0
             with spool.exclusive() as mine:
-                return self._flush(spool, time.monotonic() + self.target.budget_s)[0] if mine else 0
+                if not mine:
+                    return 0
+                return len(self._flush(spool, time.monotonic() + self.target.budget_s))
         except Exception as exc:  # the daemon's loop must not die of reporting
             _log.error("report.internal_error", error=type(exc).__name__)
             return 0
 
-    def _flush(self, spool: Spool, deadline: float) -> tuple[int, bool]:
-        """Send spooled reports in order: (how many were delivered, whether none is left)."""
-        delivered = 0
+    def _flush(self, spool: Spool, deadline: float) -> list[str]:
+        """Send spooled reports in order, stopping at the first failure; the ids delivered."""
+        delivered: list[str] = []
         for path, payload in spool.items():
             doc = payload.get("report")
             if not isinstance(doc, dict) or not isinstance(doc.get("id"), str):
                 spool.set_aside(path, "bad", error="no report document")
                 continue
-            outcome = self._send_one(doc, deadline)
+            outcome = self._send_one(_in_design_order(doc), deadline)
             if outcome == "rejected":  # kept on disk as *.rejected; must not block the rest
                 spool.set_aside(path, "rejected")
                 continue
             if outcome != "sent":
-                return delivered, False
+                break
             # Crash point: a kill -9 between the API's 2xx and this unlink leaves the file,
             # so the next flush sends the report again; the receiver de-duplicates by `id`.
             spool.remove(path)
-            delivered += 1
+            delivered.append(doc["id"])
         if delivered:
-            _log.info("report.flushed", delivered=delivered)
-        return delivered, True
+            _log.info("report.flushed", delivered=len(delivered))
+        return delivered
 
     def _send_one(self, doc: dict[str, Any], deadline: float) -> str:
         """POST one document with retries: "sent", "rejected" (its body) or "failed"."""
