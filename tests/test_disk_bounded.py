@@ -116,7 +116,8 @@ def test_two_hundred_deploys_stay_bounded(site: Site, quiet_log: io.StringIO) ->
     assert set(state["releases"]) == set(site.releases())
     assert len(state["history"]) <= 200 and state["bad"] == {}
     state_dir = {p.name for p in (root / ".watcher").iterdir()}
-    assert state_dir <= {"state.json", "lock", "spool"}, state_dir
+    assert state_dir <= {"state.json", "lock", "spool", "children"}, state_dir
+    assert not list((root / ".watcher" / "children").iterdir()), "a finished child's record"
     assert not [p for p in (root / "releases").iterdir() if p.name.startswith(".")]
     assert not list(root.glob(".current-*"))
     assert (root / ".watcher" / "state.json").stat().st_size < 2_000_000

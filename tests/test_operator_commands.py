@@ -379,7 +379,8 @@ def test_an_unreadable_state_file_is_not_taken_for_corrupt(tmp_path: Path) -> No
         res = run_cli(*argv, "--config", str(config))
         assert res.returncode == 3, tail(res)
         assert f"cannot read {root / '.watcher' / 'state.json'}" in res.stderr, tail(res)
-    assert sorted(p.name for p in (root / ".watcher").iterdir()) == ["lock", "state.json"]
+    left = sorted(p.name for p in (root / ".watcher").iterdir())
+    assert left == ["children", "lock", "state.json"]
 
 
 def test_a_state_file_that_is_not_ours_is_set_aside(tmp_path: Path) -> None:

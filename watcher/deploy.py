@@ -7,14 +7,15 @@ switch, records the outcome in state.json and reports it.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 
-from watcher import lock, releases, venvs
+from watcher import lock, releases, runner, venvs
 from watcher.build import Builder, BuildResult
 from watcher.config import Config
 from watcher.django_steps import Django
@@ -65,13 +66,20 @@ class Deployer:
     def lock_path(self) -> Path:
         return self.layout.state_dir / "lock"
 
+    @contextlib.contextmanager
+    def locked(self, lock_wait: float = 0.0) -> Iterator[State]:
+        """The lock held, children recorded, the state loaded and any crash cleaned up."""
+        self.layout.prepare()
+        with lock.acquire(self.lock_path, wait=lock_wait), \
+                runner.tracking_children(self.layout.state_dir / "children"):
+            state = self.state_file.load()
+            self.recover(state)
+            yield state
+
     # -- entry points ------------------------------------------------------------------
     def check_once(self, lock_wait: float = 0.0) -> Outcome:
         """Step 1: resolve the remote head; deploy when it moved and is not known bad."""
-        self.layout.prepare()
-        with lock.acquire(self.lock_path, wait=lock_wait):
-            state = self.state_file.load()
-            self.recover(state)
+        with self.locked(lock_wait) as state:
             try:
                 head = self.git.remote_head()
             except TransientError as exc:
@@ -93,10 +101,7 @@ class Deployer:
 
     def deploy_rev(self, rev: str, lock_wait: float = 0.0) -> Outcome:
         """`watcher deploy REV`: a branch, tag or sha, also a known-bad one."""
-        self.layout.prepare()
-        with lock.acquire(self.lock_path, wait=lock_wait):
-            state = self.state_file.load()
-            self.recover(state)
+        with self.locked(lock_wait) as state:
             sha = self.git.resolve(rev)
             live = state.live_record()
             if live is not None and live.sha == sha:
@@ -248,6 +253,10 @@ class Deployer:
         on an unrecorded release whose reload or health check may not have happened: switch
         back to the recorded live release and reload it, then deploy normally.
         """
+        # A watcher killed with SIGKILL leaves its children (pip, migrate, a hook) running in
+        # their own sessions, still writing into a release or venv: end them first.
+        for pid in runner.reap_orphans(self.layout.state_dir / "children"):
+            log.warning("recover.killed_orphan", pid=pid)
         for stray in self.layout.root.glob(".current-*"):
             stray.unlink(missing_ok=True)
         # A kill inside StateFile.save leaves its temp file, named by the dead pid: never reused.

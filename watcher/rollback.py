@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import structlog
 
-from watcher import lock, venvs
+from watcher import venvs
 from watcher.deploy import Deployer, Outcome
 from watcher.errors import (
     EXIT_FAILED,
@@ -24,10 +24,7 @@ def rollback(deployer: Deployer, target: str | None = None, lock_wait: float = 0
     """Switch, reload and health-check an older release; mark the commit left as bad, so the
     daemon does not redeploy it at its next check (until the branch moves)."""
     layout = deployer.layout
-    layout.prepare()
-    with lock.acquire(deployer.lock_path, wait=lock_wait):
-        state = deployer.state_file.load()
-        deployer.recover(state)
+    with deployer.locked(lock_wait) as state:
         live = state.live_record()
         if live is None:
             raise UsageError("nothing to roll back: no release is live yet")

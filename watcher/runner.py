@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import contextvars
 import os
 import select
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,60 @@ class Result:
     @property
     def ok(self) -> bool:
         return self.returncode == 0 and not self.timed_out
+
+
+_CHILDREN: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
+    "watcher_children", default=None)
+
+
+@contextlib.contextmanager
+def tracking_children(directory: Path) -> Iterator[None]:
+    """Record each child started in this block as a file `<directory>/<pid>` holding its
+    start time, removed when it ends; what a SIGKILL leaves is found by `reap_orphans`."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    token = _CHILDREN.set(directory)
+    try:
+        yield
+    finally:
+        _CHILDREN.reset(token)
+
+
+def reap_orphans(directory: Path) -> list[int]:
+    """Kill the process groups of children recorded by a process that is gone."""
+    killed: list[int] = []
+    if not directory.is_dir():
+        return killed
+    for marker in directory.iterdir():
+        if marker.name.isdigit() and _start_time(int(marker.name)) == marker.read_text():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(int(marker.name), signal.SIGKILL)  # the child leads its own group
+                killed.append(int(marker.name))
+        marker.unlink(missing_ok=True)
+    return killed
+
+
+def _start_time(pid: int) -> str | None:
+    """Field 22 of /proc/<pid>/stat: tells a process from a later one that reused its pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[-1].split()[19]
+
+
+def _record_child(pid: int) -> Path | None:
+    directory = _CHILDREN.get()
+    if directory is None:
+        return None
+    marker = directory / str(pid)
+    with contextlib.suppress(OSError):
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, (_start_time(pid) or "").encode())
+        finally:
+            os.close(fd)
+        return marker
+    return None
 
 
 def tail(text: str) -> str:
@@ -82,6 +137,7 @@ def run(
         if out_file:
             out_file.close()
         raise StepFailed(step, f"cannot run {argv[0]}: {exc.strerror}") from None
+    marker = _record_child(proc.pid)
     stream = proc.stderr if out_file else proc.stdout
     if stream is None:  # pragma: no cover - Popen always gives a pipe here
         raise RuntimeError("no output pipe")
@@ -115,6 +171,8 @@ def run(
         exited.close()
         if proc.poll() is None:  # an exception (KeyboardInterrupt) while waiting
             _kill_group(proc)
+        if marker is not None:
+            marker.unlink(missing_ok=True)
         reader.join(timeout=5)
         stream.close()
         if out_file:
