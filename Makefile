@@ -6,7 +6,8 @@ WHEELHOUSE := build/wheelhouse
 # Both example apps' requirements go into one cache, built by one `pip wheel` run (mysqlclient
 # is compiled there, against libmariadb-dev, once).
 REQS := examples/mysite/requirements.txt examples/fullstack/requirements.txt
-PYTEST_ARGS ?=
+# Two workers, one test file each at a time: most tests wait on real servers, not the CPU.
+PYTEST_ARGS ?= -n 2 --dist loadfile
 
 .PHONY: help install system-deps wheelhouse lint typecheck pytest test demo demo-stop bench clean
 
