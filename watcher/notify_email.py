@@ -36,9 +36,9 @@ from watcher.config import EmailConfig, read_secret
 from watcher.email_text import render_message
 from watcher.errors import ConfigError, WatcherError
 from watcher.log import register_secret
+from watcher.outbox import Outbox
 from watcher.report import OUTCOMES, Report, redact_url
 from watcher.report_formats import mask
-from watcher.spool import Spool
 
 _log = structlog.get_logger("watcher.notify_email")
 
@@ -65,98 +65,30 @@ class EmailNotifier:
         self.cfg = cfg
         self.timeout_s = timeout_s
         self.budget_s = budget_s
-        self._spool_dir = spool_dir
-        self._spool_max_bytes = spool_max_bytes
-        self._spool: Spool | None = None
         self._endpoint = redact_url(cfg.smtp_url or cfg.api_url)
+        self._outbox = Outbox(spool_dir, spool_max_bytes, "email", self._deliver,
+                              self._password_or_nothing)
 
     def wants(self, outcome: str) -> bool:
         return outcome in self.cfg.on
 
     def send(self, report: Report) -> bool:
-        """Flush the spool, then mail `report` if its outcome is wanted. True: nothing of it
+        """Mail `report` if its outcome is wanted, after any spooled mails. True: nothing of it
         is left to do; False: spooled for a later flush (or lost, logged as email.lost)."""
-        try:
-            doc = report.to_dict()
-            deadline = time.monotonic() + self.budget_s
-            spool = self._open_spool()
-            wanted = self.wants(report.outcome)
-            if spool is None:
-                if wanted and self._deliver(doc, deadline) != "sent":
-                    _log.critical("email.lost", id=report.id, reason="spool unavailable")
-                    return False
-                return True
-            with spool.exclusive() as mine:
-                if mine and self._flush(spool, deadline)[1]:
-                    if not wanted:
-                        return True
-                    result = self._deliver(doc, deadline)
-                    if result != "failed":
-                        return result == "sent"  # a rejected mail is logged, not kept
-                elif not wanted:
-                    return True
-                self._put(spool, doc)
-                return False
-        except Exception as exc:  # a mail must never fail a deploy
-            _log.error("email.internal_error", id=report.id, error=type(exc).__name__)
-            return False
+        if not self.wants(report.outcome):
+            self.flush()
+            return True
+        return self._outbox.send(report.to_dict(), self.budget_s)
 
     def flush(self) -> int:
         """Deliver spooled mails oldest first, stopping at the first failure; how many went."""
-        try:
-            spool = self._open_spool()
-            if spool is None:
-                return 0
-            with spool.exclusive() as mine:
-                if not mine:
-                    return 0
-                return self._flush(spool, time.monotonic() + self.budget_s)[0]
-        except Exception as exc:  # the daemon's loop must not die of a mail
-            _log.error("email.internal_error", error=type(exc).__name__)
-            return 0
+        return self._outbox.flush(self.budget_s)
 
-    # -- the spool -------------------------------------------------------------------
-    def _flush(self, spool: Spool, deadline: float) -> tuple[int, bool]:
-        delivered = 0
-        for path, payload in spool.items():
-            doc = payload.get("report")
-            if not isinstance(doc, dict) or not isinstance(doc.get("id"), str):
-                spool.set_aside(path, "bad", error="no report document")
-                continue
-            result = self._deliver(doc, deadline)
-            if result == "rejected":
-                spool.set_aside(path, "rejected")
-                continue
-            if result != "sent":
-                return delivered, False
-            # Crash point: a kill -9 between the server's OK and this unlink mails the
-            # report again at the next flush (same Message-ID, so clients thread it).
-            spool.remove(path)
-            delivered += 1
-        if delivered:
-            _log.info("email.flushed", delivered=delivered)
-        return delivered, True
-
-    def _put(self, spool: Spool, doc: dict[str, Any]) -> None:
+    def _password_or_nothing(self) -> str:
         try:
-            password = self._password()
+            return self._password()
         except _Failed:
-            password = ""
-        try:
-            path = spool.put(str(doc["id"]), {"report": mask(doc, password)})
-        except Exception as exc:
-            _log.critical("email.lost", id=doc.get("id"), error=type(exc).__name__)
-            return
-        _log.warning("email.spooled", id=doc["id"], file=path.name)
-
-    def _open_spool(self) -> Spool | None:
-        if self._spool is None:
-            try:
-                self._spool = Spool(self._spool_dir, self._spool_max_bytes)
-            except OSError as exc:
-                _log.error("email.spool_unavailable", dir=str(self._spool_dir),
-                           error=type(exc).__name__)
-        return self._spool
+            return ""
 
     # -- delivery --------------------------------------------------------------------
     def _deliver(self, doc: dict[str, Any], deadline: float) -> str:

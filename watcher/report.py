@@ -22,8 +22,9 @@ import structlog
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_random_exponential
 
 from watcher.log import register_secret
+from watcher.outbox import Outbox
 from watcher.report_formats import auth_headers, mask, render
-from watcher.spool import Spool, increasing_time_ns
+from watcher.spool import increasing_time_ns
 
 _log = structlog.get_logger("watcher.report")
 
@@ -136,10 +137,10 @@ class Reporter:
     def __init__(self, target: ReportTarget, spool_dir: Path,
                  spool_max_bytes: int = 50 * 1024 * 1024) -> None:
         self.target = target
-        self._spool_dir = spool_dir
-        self._spool_max_bytes = spool_max_bytes
-        self._spool: Spool | None = None
         self._endpoint = redact_url(target.url)
+        self._outbox = Outbox(spool_dir, spool_max_bytes, "report",
+                              lambda doc, deadline: self._send_one(_in_design_order(doc), deadline),
+                              self._token_or_nothing)
 
     def send(self, report: Report) -> bool:
         """Deliver `report` after any spooled ones. True: delivered (or reporting is off);
@@ -147,68 +148,19 @@ class Reporter:
         if not self.target.url:
             _log.debug("report.disabled", id=report.id)
             return True
-        doc: dict[str, Any] | None = None
-        spool = None
-        try:
-            doc = report.to_dict()
-            deadline = time.monotonic() + self.target.budget_s
-            spool = self._open_spool()
-            if spool is None:
-                if self._send_one(doc, deadline) == "sent":
-                    return True
-                _log.critical("report.lost", id=report.id, reason="spool unavailable")
-                return False
-            # Spooled first, sent from the spool: a kill -9 while sending loses nothing.
-            with spool.exclusive() as mine:
-                self._put(spool, doc)
-                doc = None  # on disk now: an error below must not spool it twice
-                if not mine:  # another thread or process is flushing: queue behind it
-                    _log.info("report.spool_busy", id=report.id)
-                    return False
-                return report.id in self._flush(spool, deadline)
-        except Exception as exc:  # reporting must never fail a deploy
-            _log.error("report.internal_error", id=report.id, error=type(exc).__name__)
-            if doc is not None and spool is not None:
-                self._put(spool, doc)
-            return False
+        return self._outbox.send(report.to_dict(), self.target.budget_s)
 
     def flush(self) -> int:
         """Deliver spooled reports oldest first, stopping at the first failure; how many went."""
         if not self.target.url:
             return 0
-        try:
-            spool = self._open_spool()
-            if spool is None:
-                return 0
-            with spool.exclusive() as mine:
-                if not mine:
-                    return 0
-                return len(self._flush(spool, time.monotonic() + self.target.budget_s))
-        except Exception as exc:  # the daemon's loop must not die of reporting
-            _log.error("report.internal_error", error=type(exc).__name__)
-            return 0
+        return self._outbox.flush(self.target.budget_s)
 
-    def _flush(self, spool: Spool, deadline: float) -> list[str]:
-        """Send spooled reports in order, stopping at the first failure; the ids delivered."""
-        delivered: list[str] = []
-        for path, payload in spool.items():
-            doc = payload.get("report")
-            if not isinstance(doc, dict) or not isinstance(doc.get("id"), str):
-                spool.set_aside(path, "bad", error="no report document")
-                continue
-            outcome = self._send_one(_in_design_order(doc), deadline)
-            if outcome == "rejected":  # kept on disk as *.rejected; must not block the rest
-                spool.set_aside(path, "rejected")
-                continue
-            if outcome != "sent":
-                break
-            # Crash point: a kill -9 between the API's 2xx and this unlink leaves the file,
-            # so the next flush sends the report again; the receiver de-duplicates by `id`.
-            spool.remove(path)
-            delivered.append(doc["id"])
-        if delivered:
-            _log.info("report.flushed", delivered=len(delivered))
-        return delivered
+    def _token_or_nothing(self) -> str:
+        try:
+            return self._read_token()
+        except _Failed:
+            return ""
 
     def _send_one(self, doc: dict[str, Any], deadline: float) -> str:
         """POST one document with retries: "sent", "rejected" (its body) or "failed"."""
@@ -298,26 +250,3 @@ class Reporter:
             raise _Failed(f"report.token_file {path} holds no usable token")
         register_secret(token)  # blanked in every log line, not only in the document
         return token
-
-    def _put(self, spool: Spool, doc: dict[str, Any]) -> None:
-        try:
-            token = self._read_token()
-        except _Failed:
-            token = ""
-        try:
-            path = spool.put(str(doc["id"]), {"format": self.target.format,
-                                              "report": mask(doc, token)})
-        except Exception as exc:
-            _log.critical("report.lost", id=doc.get("id"), error=type(exc).__name__)
-            return
-        _log.warning("report.spooled", id=doc["id"], file=path.name)
-
-    def _open_spool(self) -> Spool | None:
-        if self._spool is None:
-            try:
-                self._spool = Spool(self._spool_dir, self._spool_max_bytes)
-            except OSError as exc:
-                _log.error("report.spool_unavailable", dir=str(self._spool_dir),
-                           error=type(exc).__name__)
-        return self._spool
-
