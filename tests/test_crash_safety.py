@@ -20,7 +20,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +32,6 @@ from support.faults import (
     complete_release,
     event,
     git_config,
-    healthy,
-    new_site,
     step_start,
 )
 from support.site import TOKEN
@@ -44,27 +42,6 @@ from watcher.state import State, StateFile, write_atomic
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def pool() -> Iterator[dict[str, Any]]:
-    holder: dict[str, Any] = {}
-    yield holder
-    if "site" in holder:
-        holder["site"].close()
-
-
-@pytest.fixture
-def bench(pool: dict[str, Any]) -> Iterator[Bench]:
-    site = pool.get("site")
-    if site is None or not healthy(site):
-        if site is not None:
-            site.close()
-        pool["site"], pool["base"] = new_site()
-    b = Bench(pool["site"], pool["base"])
-    try:
-        yield b
-    finally:
-        b.undo.close()
-        b.reset_config()
 
 
 class CurrentWatch:

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 from support.fixtures import run_cli
-from support.site import TOKEN, Site, git, log_events
+from support.site import TOKEN, Site, git, log_events, settled
 
 import watcher
 
@@ -78,7 +78,7 @@ class Day:
         sha = self.site.head()
         res = self.watcher("--once", label=label)
         assert res.returncode == 0, tail(res)
-        assert settled_revision(self.site, sha) == sha
+        assert settled(self.site, sha) == sha
         self.deployed.append(self.site.live_release())
         assert len(self.site.releases()) <= 3
         return res
@@ -112,18 +112,6 @@ def plan_of(res: subprocess.CompletedProcess[str]) -> list[str]:
     return list(plans[0])
 
 
-def settled_revision(site: Site, expected: str, timeout: float = 5.0) -> str:
-    """What /healthz serves once old workers are gone: three answers in a row naming
-    `expected`, or the last answer seen when that does not happen within `timeout`."""
-    deadline = time.monotonic() + timeout
-    streak, seen = 0, ""
-    while time.monotonic() < deadline:
-        seen = site.served_revision()
-        streak = streak + 1 if seen == expected else 0
-        if streak == 3:
-            break
-        time.sleep(0.1)
-    return seen
 
 
 def last_report(site: Site) -> dict[str, Any]:
@@ -361,7 +349,7 @@ def test_health_failure_rolls_back(day: Day) -> None:
     day.bad.append(bad)
     res = day.watcher("--once", label="health failure and rollback")
     assert res.returncode == 1, tail(res)
-    assert settled_revision(site, live_sha) == live_sha
+    assert settled(site, live_sha) == live_sha
     assert site.live_release() == live
     assert site.state()["live"] == live
     assert site.master_pid() == pid  # HUP there and back

@@ -65,7 +65,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,10 +79,8 @@ from support.faults import (
     complete_release,
     event,
     git_config,
-    healthy,
     immutable,
     loose_object,
-    new_site,
     step_end,
 )
 from support.site import TOKEN, Site
@@ -134,27 +132,6 @@ CELLS = [Cell(step, fault) for step, fault in [
 ]]
 
 
-@pytest.fixture(scope="module")
-def pool() -> Iterator[dict[str, Any]]:
-    holder: dict[str, Any] = {}
-    yield holder
-    if "site" in holder:
-        holder["site"].close()
-
-
-@pytest.fixture
-def bench(pool: dict[str, Any]) -> Iterator[Bench]:
-    site = pool.get("site")
-    if site is None or not healthy(site):
-        if site is not None:
-            site.close()
-        pool["site"], pool["base"] = new_site()
-    b = Bench(pool["site"], pool["base"])
-    try:
-        yield b
-    finally:
-        b.undo.close()
-        b.reset_config()
 
 
 # -- the faults: each arranges its cell and returns the sha the next check will see -------

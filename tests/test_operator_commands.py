@@ -13,14 +13,13 @@ import json
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from support.fixtures import run_cli
-from support.site import Site, git, log_events
+from support.site import Site, git, log_events, settled
 
 from watcher import lock
 
@@ -66,17 +65,6 @@ def as_json(res: subprocess.CompletedProcess[str]) -> object:
     return json.loads(res.stdout)
 
 
-def settled(site: Site, expected: str, timeout: float = 5.0) -> str:
-    """What /healthz serves once old workers are gone (three answers in a row)."""
-    deadline = time.monotonic() + timeout
-    streak, seen = 0, ""
-    while time.monotonic() < deadline:
-        seen = site.served_revision()
-        streak = streak + 1 if seen == expected else 0
-        if streak == 3:
-            break
-        time.sleep(0.1)
-    return seen
 
 
 def push_marker(site: Site, text: str) -> str:

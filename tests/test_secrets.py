@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 import structlog
-from support.site import TOKEN, Site, log_events
+from support.site import TOKEN, Site, log_events, settled
 from support.supervisord import SupervisordProcess, free_port
 
 from watcher import cli, commands
@@ -73,17 +73,6 @@ def tail(res: subprocess.CompletedProcess[str]) -> str:
     return f"exit {res.returncode}\nstdout: {res.stdout[-1500:]}\nstderr: {res.stderr[-3000:]}"
 
 
-def settled(site: Site, expected: str, timeout: float = 10.0) -> str:
-    """What /healthz serves once old workers are gone (three answers in a row)."""
-    deadline = time.monotonic() + timeout
-    streak, seen = 0, ""
-    while time.monotonic() < deadline:
-        seen = site.served_revision()
-        streak = streak + 1 if seen == expected else 0
-        if streak == 3:
-            break
-        time.sleep(0.1)
-    return seen
 
 
 def secret_file(directory: Path, name: str, value: str) -> Path:

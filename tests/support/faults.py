@@ -32,6 +32,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from support.site import Site
 
 Event = dict[str, Any]
@@ -342,3 +344,27 @@ def healthy(site: Site) -> bool:
                 and site.served_revision() == site.head() and complete_release(site.root))
     except (OSError, KeyError, ValueError):
         return False
+
+
+# -- fixtures: one healthy site per module, put back in shape after each test ------------------
+@pytest.fixture(scope="module")
+def pool() -> Iterator[dict[str, Any]]:
+    holder: dict[str, Any] = {}
+    yield holder
+    if "site" in holder:
+        holder["site"].close()
+
+
+@pytest.fixture
+def bench(pool: dict[str, Any]) -> Iterator[Bench]:
+    site = pool.get("site")
+    if site is None or not healthy(site):
+        if site is not None:
+            site.close()
+        pool["site"], pool["base"] = new_site()
+    b = Bench(pool["site"], pool["base"])
+    try:
+        yield b
+    finally:
+        b.undo.close()
+        b.reset_config()

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -165,6 +166,20 @@ budget = "5s"
         self.sv.stop()
         self.api.close()
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+def settled(site: Site, expected: str, timeout: float = 10.0) -> str:
+    """What /healthz serves once old workers are gone: three answers in a row naming
+    `expected`, or the last answer seen when that does not happen within `timeout`."""
+    deadline = time.monotonic() + timeout
+    streak, seen = 0, ""
+    while time.monotonic() < deadline:
+        seen = site.served_revision()
+        streak = streak + 1 if seen == expected else 0
+        if streak == 3:
+            break
+        time.sleep(0.1)
+    return seen
 
 
 def log_events(output: str) -> list[dict[str, Any]]:
