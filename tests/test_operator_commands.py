@@ -169,6 +169,21 @@ def test_history_json_is_oldest_first_and_text_newest_first(session: Session) ->
 
 
 # -- rollback ----------------------------------------------------------------------------------
+def test_rollback_with_supervisord_unreachable_switches_nothing(session: Session) -> None:
+    """With supervisord not answering, `watcher rollback` exits 3 before it touches `current`
+    or marks anything bad."""
+    site = session.site
+    live, before = site.live_release(), site.config.read_text()
+    site.config.write_text(before.replace(site.sv.url, "unix:///nonexistent/supervisor.sock"))
+    try:
+        res = site.watcher("rollback")
+    finally:
+        site.config.write_text(before)
+    assert res.returncode == 3, tail(res)
+    assert site.live_release() == live == site.state()["live"]
+    assert site.state()["bad"] == {}
+
+
 def test_rollback_goes_to_the_previous_release_and_marks_the_commit_bad(session: Session) -> None:
     """`watcher rollback` switches to the previous release, reloads (HUP: same venv) and
     health-checks it; the previous sha is served, the one left is marked bad, and the report

@@ -166,14 +166,11 @@ class Deployer:
         mode = plan.action("reload") or "hup"
         self.switcher.colour = live.colour if live else ""  # blue/green: the recorded colour
         try:  # supervisord unreachable: transient (exit 3) before anything is switched
-            with self.switcher.supervisor() as sup:
-                sup.check()
+            self.switcher.ensure_reachable()
         except TransientError:
             releases.remove(release)
             self._last_check(state, "transient", sha)
             raise
-        except WatcherError:
-            pass  # it answered, with a fault: the reload step reports it as before
         try:
             self.switcher.go_live(name, sha, mode, steps)
         except WatcherError as exc:

@@ -34,6 +34,7 @@ def rollback(deployer: Deployer, target: str | None = None, lock_wait: float = 0
         same_venv = record.venv == live.venv and venvs.is_complete(layout.venvs, record.venv)
         mode = "hup" if same_venv else "restart"  # with [bluegreen], restart swaps colours
         deployer.switcher.colour = live.colour  # blue/green: the colour serving `live`
+        deployer.switcher.ensure_reachable()  # unreachable: exit 3, nothing switched
         try:
             deployer.switcher.go_live(record.name, record.sha, mode, steps)
         except WatcherError as exc:

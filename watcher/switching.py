@@ -14,6 +14,7 @@ import structlog
 from watcher import releases
 from watcher.bluegreen import BlueGreen
 from watcher.config import Config, read_secret
+from watcher.errors import TransientError, WatcherError
 from watcher.health import wait_healthy
 from watcher.log import register_secret
 from watcher.releases import Layout
@@ -56,6 +57,18 @@ class Switcher:
             yield sup
         finally:
             sup.close()
+
+    def ensure_reachable(self) -> None:
+        """Raise SupervisorUnreachable (transient) when supervisord does not answer, so a
+        deploy or rollback stops before it switches anything. A fault in the answer is left
+        to the reload step, which reports it."""
+        try:
+            with self.supervisor() as sup:
+                sup.check()
+        except TransientError:
+            raise
+        except WatcherError:
+            pass  # it answered with a fault, or a setting is wrong: the reload step says so
 
     def reload(self, mode: str, sha: str = "") -> None:
         """HUP (code only), or stop+start (new venv) every program; wait for RUNNING.
