@@ -32,6 +32,7 @@ from watcher.errors import (
 from watcher.gitsource import GitSource
 from watcher.outcome import Recorder, Run
 from watcher.plan import PlanInput, make_plan
+from watcher.recovery import recover
 from watcher.releases import Layout
 from watcher.state import ReleaseRecord, State, StateFile
 from watcher.steplog import StepLog
@@ -180,9 +181,16 @@ class Deployer:
         state.releases[name] = ReleaseRecord(name=name, sha=sha, venv=digest,
                                              colour=self.switcher.colour)
         state.live = name
-        self.state_file.save(state)  # the new release is live and healthy: record it first
+        # The new release is live and healthy: record it, with its history entry and a report
+        # in the spool, before the hooks and pruning. Crash point: a kill after this save
+        # leaves the release recorded live and a report (without those last steps) that the
+        # next flush delivers; _finish below replaces both with the complete ones.
+        placeholder = self.recorder.finish(run, "succeeded", name, None, announce=False)
+        state.add_history(self.recorder.history_entry(placeholder))
+        self.state_file.save(state)
+        held = self.recorder.hold(placeholder)
         self._after_switch(state, steps)
-        return self._finish(state, run, "succeeded", EXIT_OK, name, None)
+        return self._finish(state, run, "succeeded", EXIT_OK, name, None, held)
 
     def _roll_back(self, state: State, run: Run, live: ReleaseRecord | None, mode: str,
                    failed: str, exc: StepFailed) -> Outcome:
@@ -228,11 +236,16 @@ class Deployer:
 
     # -- bookkeeping -------------------------------------------------------------------
     def _finish(self, state: State, run: Run, outcome: str, code: int,
-                release: str | None, exc: StepFailed | None) -> Outcome:
+                release: str | None, exc: StepFailed | None,
+                held: Path | None = None) -> Outcome:
         report = self.recorder.finish(run, outcome, release, exc)
-        state.add_history(self.recorder.history_entry(report))
+        entry = self.recorder.history_entry(report)
+        if state.history and state.history[-1].get("id") == report.id:
+            state.history[-1] = entry  # the placeholder written when the release went live
+        else:
+            state.add_history(entry)
         self._last_check(state, "deployed" if outcome == "succeeded" else "failed", run.to_sha)
-        self.recorder.send(report)
+        self.recorder.send(report, replace=held)
         message = str(exc) if exc else ""
         return Outcome(outcome, code, run.to_sha, release, message, report.duration_s)
 
@@ -243,49 +256,8 @@ class Deployer:
         self.state_file.save(state)
 
     def recover(self, state: State) -> None:
-        """Clean up after a watcher killed mid-deploy (the lock is ours now).
-
-        Crash points: a kill during export/build leaves a release dir state.json does not
-        know: removed here. A kill between the switch and the state record leaves `current`
-        on an unrecorded release whose reload or health check may not have happened: switch
-        back to the recorded live release and reload it, then deploy normally.
-        """
-        # A watcher killed with SIGKILL leaves its children (pip, migrate, a hook) running in
-        # their own sessions, still writing into a release or venv: end them first.
-        for pid in runner.reap_orphans(self.layout.state_dir / "children"):
-            log.warning("recover.killed_orphan", pid=pid)
-        for stray in self.layout.root.glob(".current-*"):
-            stray.unlink(missing_ok=True)
-        # A kill inside StateFile.save leaves its temp file, named by the dead pid: never reused.
-        for stray in self.state_file.path.parent.glob(f"{self.state_file.path.name}.tmp-*"):
-            stray.unlink(missing_ok=True)
-        linked = self.layout.live()
-        live = state.live_record()
-        if live is not None and linked != live.name and self.layout.release(live.name).is_dir():
-            log.warning("recover.switch_back", found=linked, live=live.name)
-            other = self.layout.release(linked) if linked else None
-            same_venv = other is not None and venvs.linked_hash(other) == live.venv
-            steps = StepLog()
-            self.switcher.colour = live.colour  # blue/green: restart means swap
-            try:
-                self.switcher.go_live(live.name, live.sha, "hup" if same_venv else "restart",
-                                      steps, prefix="recover_")
-                live.colour = self.switcher.colour
-            except WatcherError as exc:
-                log.error("recover.failed", error=str(exc))
-            linked = live.name
-        known = set(state.releases) | ({linked} if linked else set())
-        for name in self.layout.names():
-            if name not in known:
-                log.warning("recover.remove_release", release=name)
-                releases.remove(self.layout.release(name))
-        for tmp in self.layout.releases.glob(".*"):
-            releases.remove(tmp)
-        if self.layout.venvs.is_dir():
-            for venv in self.layout.venvs.iterdir():
-                if not (venv / venvs.COMPLETE).exists():
-                    log.warning("recover.remove_venv", venv=venv.name)
-                    releases.remove(venv)
+        """Clean up after a watcher killed mid-deploy (the lock is ours now)."""
+        recover(self.layout, self.state_file, self.switcher, state)
 
 
 def _iso(ts: float) -> str:

@@ -34,8 +34,19 @@ class Outbox:
         self._max_bytes = max_bytes
         self._spool: Spool | None = None
 
-    def send(self, doc: dict[str, Any], budget_s: float) -> bool:
-        """Spool `doc`, then deliver the spool in order. True when `doc` itself went out."""
+    def hold(self, doc: dict[str, Any]) -> Path | None:
+        """Spool `doc` without sending it yet: a placeholder that a later `send(replace=...)`
+        swaps for the final version, and that the next flush delivers if we die first."""
+        try:
+            spool = self._open()
+            return self._put(spool, doc) if spool is not None else None
+        except Exception as exc:
+            _log.error(f"{self.kind}.internal_error", id=doc.get("id"), error=type(exc).__name__)
+            return None
+
+    def send(self, doc: dict[str, Any], budget_s: float, replace: Path | None = None) -> bool:
+        """Spool `doc` (in place of the `replace` placeholder), then deliver the spool in
+        order. True when `doc` itself went out."""
         doc_id = str(doc.get("id"))
         deadline = time.monotonic() + budget_s
         try:
@@ -47,7 +58,11 @@ class Outbox:
                 return False
             # Spooled first, sent from the spool: a kill -9 while sending loses nothing.
             with spool.exclusive() as mine:
-                if not self._put(spool, doc):
+                if replace is not None:
+                    # Crash point: a kill between this unlink and the put below loses the
+                    # report; the window is one unlink and one small write.
+                    replace.unlink(missing_ok=True)
+                if self._put(spool, doc) is None:
                     if self._deliver(doc, deadline) == "sent":
                         return True
                     _log.critical(f"{self.kind}.lost", id=doc_id, reason="spool write failed")
@@ -96,7 +111,7 @@ class Outbox:
             _log.info(f"{self.kind}.flushed", delivered=len(delivered))
         return delivered
 
-    def _put(self, spool: Spool, doc: dict[str, Any]) -> bool:
+    def _put(self, spool: Spool, doc: dict[str, Any]) -> Path | None:
         try:
             secret = self._secret()
         except Exception:  # an unreadable secret cannot leak; spool what we have
@@ -106,9 +121,9 @@ class Outbox:
         except Exception as exc:
             _log.error(f"{self.kind}.spool_write_failed", id=doc.get("id"),
                        error=type(exc).__name__)
-            return False
+            return None
         _log.info(f"{self.kind}.spooled", id=doc["id"], file=path.name)
-        return True
+        return path
 
     def _open(self) -> Spool | None:
         if self._spool is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import structlog
 
@@ -53,7 +54,7 @@ class Recorder:
         return Run(event=event, from_sha=live.sha if live else None, to_sha=to_sha, steps=steps)
 
     def finish(self, run: Run, outcome: str, release: str | None,
-               exc: StepFailed | None) -> Report:
+               exc: StepFailed | None, *, announce: bool = True) -> Report:
         finished = time.time()
         error = None
         if exc is not None:
@@ -70,6 +71,8 @@ class Recorder:
             error=error, commits=tuple(run.commits), migrations_applied=tuple(run.migrations),
             watcher_version=__version__,
         )
+        if not announce:  # a placeholder (Recorder.hold): the final report is still to come
+            return report
         level = log.info if outcome == "succeeded" else log.error
         level("deploy.finished", outcome=outcome, sha=run.to_sha[:12], release=release,
               duration_s=report.duration_s, error=error.message if error else None)
@@ -80,11 +83,15 @@ class Recorder:
         doc.pop("commits", None)
         return doc
 
-    def send(self, report: Report) -> None:
+    def hold(self, report: Report) -> Path | None:
+        """A placeholder of the report in the spool (see Reporter.hold)."""
+        return self.reporter.hold(report) if self.reporter is not None else None
+
+    def send(self, report: Report, replace: Path | None = None) -> None:
         """To the logging API and, for the outcomes in notify.email.on, by mail; both spool
         what they cannot deliver and never raise."""
         if self.reporter is not None:
-            self.reporter.send(report)
+            self.reporter.send(report, replace)
         if self.emailer is not None:
             self.emailer.send(report)
 

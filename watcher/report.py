@@ -142,13 +142,19 @@ class Reporter:
                               lambda doc, deadline: self._send_one(_in_design_order(doc), deadline),
                               self._token_or_nothing)
 
-    def send(self, report: Report) -> bool:
+    def send(self, report: Report, replace: Path | None = None) -> bool:
         """Deliver `report` after any spooled ones. True: delivered (or reporting is off);
-        False: spooled for a later flush (or, if even the spool failed, logged report.lost)."""
+        False: spooled for a later flush (or, if even the spool failed, logged report.lost).
+        `replace` is the placeholder `hold` spooled for the same report, swapped out."""
         if not self.target.url:
             _log.debug("report.disabled", id=report.id)
             return True
-        return self._outbox.send(report.to_dict(), self.target.budget_s)
+        return self._outbox.send(report.to_dict(), self.target.budget_s, replace)
+
+    def hold(self, report: Report) -> Path | None:
+        """Spool a report without sending it: what the next flush delivers if we die before
+        `send` (the deploy is live; post_switch hooks and pruning are still to come)."""
+        return self._outbox.hold(report.to_dict()) if self.target.url else None
 
     def flush(self) -> int:
         """Deliver spooled reports oldest first, stopping at the first failure; how many went."""

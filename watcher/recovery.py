@@ -1,0 +1,59 @@
+"""Recovery after a watcher was killed mid-deploy: run by the next one, under the lock.
+
+Crash points: a kill during export/build leaves a release dir state.json does not know:
+removed here. A kill between the switch and the state record leaves `current` on an
+unrecorded release whose reload or health check may not have happened: switch back to the
+recorded live release and reload it; the caller then deploys normally.
+"""
+
+from __future__ import annotations
+
+import structlog
+
+from watcher import releases, runner, venvs
+from watcher.errors import WatcherError
+from watcher.releases import Layout
+from watcher.state import State, StateFile
+from watcher.steplog import StepLog
+from watcher.switching import Switcher
+
+log = structlog.get_logger()
+
+
+def recover(layout: Layout, state_file: StateFile, switcher: Switcher, state: State) -> None:
+    # A watcher killed with SIGKILL leaves its children (pip, migrate, a hook) running in
+    # their own sessions, still writing into a release or venv: end them first.
+    for pid in runner.reap_orphans(layout.state_dir / "children"):
+        log.warning("recover.killed_orphan", pid=pid)
+    for stray in layout.root.glob(".current-*"):
+        stray.unlink(missing_ok=True)
+    # A kill inside StateFile.save leaves its temp file, named by the dead pid: never reused.
+    for stray in state_file.path.parent.glob(f"{state_file.path.name}.tmp-*"):
+        stray.unlink(missing_ok=True)
+    linked = layout.live()
+    live = state.live_record()
+    if live is not None and linked != live.name and layout.release(live.name).is_dir():
+        log.warning("recover.switch_back", found=linked, live=live.name)
+        other = layout.release(linked) if linked else None
+        same_venv = other is not None and venvs.linked_hash(other) == live.venv
+        steps = StepLog()
+        switcher.colour = live.colour  # blue/green: restart means swap
+        try:
+            switcher.go_live(live.name, live.sha, "hup" if same_venv else "restart",
+                                  steps, prefix="recover_")
+            live.colour = switcher.colour
+        except WatcherError as exc:
+            log.error("recover.failed", error=str(exc))
+        linked = live.name
+    known = set(state.releases) | ({linked} if linked else set())
+    for name in layout.names():
+        if name not in known:
+            log.warning("recover.remove_release", release=name)
+            releases.remove(layout.release(name))
+    for tmp in layout.releases.glob(".*"):
+        releases.remove(tmp)
+    if layout.venvs.is_dir():
+        for venv in layout.venvs.iterdir():
+            if not (venv / venvs.COMPLETE).exists():
+                log.warning("recover.remove_venv", venv=venv.name)
+                releases.remove(venv)
