@@ -263,6 +263,10 @@ def test_kill_during_step(bench: Bench, step: str) -> None:
     spooled = [p for p in spool.glob("*.json") if sha in p.read_text()]
     print(f"kill during {step}: report of the deploy: {len(reports)} delivered, "
           f"{len(spooled)} spooled")
+    if step in ("post_switch", "prune", "report"):
+        # Killed after the release was recorded live: its report and history entry survive.
+        assert reports or spooled, "the live deploy's report was lost"
+        assert any(e.get("to_sha") == sha for e in state["history"]), "its history is lost"
 
 
 # -- state.json under a tight loop of kills -------------------------------------------

@@ -19,7 +19,10 @@ def _say(outcome: Outcome) -> int:
 
 
 def once(cfg: Config, args: argparse.Namespace) -> int:
-    return _say(Deployer(cfg).check_once())
+    deployer = Deployer(cfg)
+    outcome = deployer.check_once()
+    deployer.recorder.flush()  # reports and mails a past run could not deliver (cron users)
+    return _say(outcome)
 
 
 def deploy(cfg: Config, args: argparse.Namespace) -> int:
