@@ -54,6 +54,6 @@ def recover(layout: Layout, state_file: StateFile, switcher: Switcher, state: St
         releases.remove(tmp)
     if layout.venvs.is_dir():
         for venv in layout.venvs.iterdir():
-            if not (venv / venvs.COMPLETE).exists():
+            if venv.name.startswith(".") or not (venv / venvs.COMPLETE).exists():
                 log.warning("recover.remove_venv", venv=venv.name)
                 releases.remove(venv)

@@ -123,6 +123,19 @@ def remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def discard(path: Path) -> None:
+    """Remove a release or venv dir so that no half-deleted one is ever seen under its name.
+
+    Crash point: it is renamed to a dot-name first (atomic), then deleted; a kill during the
+    deletion leaves `.trash-*`, which the next run's recovery removes.
+    """
+    if not path.exists():
+        return
+    trash = path.with_name(f".trash-{path.name}-{os.getpid()}")
+    os.replace(path, trash)
+    remove(trash)
+
+
 def prune(layout: Layout, keep: int, protect: Iterable[str | None]) -> list[str]:
     """Remove the oldest releases beyond `keep`, never a protected one. Returns the removed."""
     keep_set = {p for p in protect if p}
@@ -134,7 +147,7 @@ def prune(layout: Layout, keep: int, protect: Iterable[str | None]) -> list[str]
             break
         if name in keep_set:
             continue
-        remove(layout.release(name))
+        discard(layout.release(name))
         removed.append(name)
         excess -= 1
     if removed:

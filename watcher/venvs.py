@@ -18,7 +18,7 @@ from pathlib import Path
 import structlog
 
 from watcher.errors import StepFailed
-from watcher.releases import remove
+from watcher.releases import discard, remove
 from watcher.runner import clean_env, run
 
 log = structlog.get_logger()
@@ -131,7 +131,7 @@ def prune(venvs: Path, in_use: Iterable[str | None]) -> list[str]:
         return removed
     for p in sorted(venvs.iterdir()):
         if p.name not in keep:
-            remove(p)
+            discard(p)
             removed.append(p.name)
     if removed:
         log.info("prune.venvs", removed=removed)
