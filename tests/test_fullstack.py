@@ -26,7 +26,7 @@ import pytest
 from support.logapi import LogAPI
 from support.nginx import Nginx
 from support.services import Mail, MariaDB, Redis, SMTPServer
-from support.site import REPO_ROOT, git, log_events, make_remote, wheelhouse
+from support.site import REPO_ROOT, commit_and_push, git, log_events, make_remote, wheelhouse
 from support.supervisord import SupervisordProcess, free_port
 
 pytestmark = pytest.mark.slow
@@ -176,17 +176,7 @@ to = ["ops@example.com"]
 
     # -- the remote and watcher --------------------------------------------------------
     def commit(self, files: dict[str, str | None], message: str) -> str:
-        for rel, text in files.items():
-            path = self.work / rel
-            if text is None:
-                path.unlink()
-            else:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(text)
-        git("add", "-A", cwd=self.work)
-        git("commit", "-q", "-m", message, cwd=self.work)
-        git("push", "-q", "origin", "main", cwd=self.work)
-        return git("rev-parse", "HEAD", cwd=self.work)
+        return commit_and_push(self.work, files, message)
 
     def watcher(self, *args: str) -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHER_")}

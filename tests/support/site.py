@@ -54,6 +54,21 @@ def make_remote(base: Path, source: Path = EXAMPLE) -> tuple[Path, Path]:
     return remote, work
 
 
+def commit_and_push(work: Path, files: dict[str, str | None], message: str) -> str:
+    """Write (or delete, with None) files in a work tree, commit, push; the new sha."""
+    for rel, text in files.items():
+        path = work / rel
+        if text is None:
+            path.unlink()
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+    git("add", "-A", cwd=work)
+    git("commit", "-q", "-m", message, cwd=work)
+    git("push", "-q", "origin", "main", cwd=work)
+    return git("rev-parse", "HEAD", cwd=work)
+
+
 class Site:
     def __init__(self, keep_releases: int = 3, extra_config: str = "",
                  health_timeout: str = "20s") -> None:
@@ -110,17 +125,7 @@ budget = "5s"
     # -- the remote ------------------------------------------------------------------
     def commit(self, files: dict[str, str | None], message: str) -> str:
         """Write (or delete, with None) files in the work tree, commit, push; the new sha."""
-        for rel, text in files.items():
-            path = self.work / rel
-            if text is None:
-                path.unlink()
-            else:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(text)
-        git("add", "-A", cwd=self.work)
-        git("commit", "-q", "-m", message, cwd=self.work)
-        git("push", "-q", "origin", "main", cwd=self.work)
-        return self.head()
+        return commit_and_push(self.work, files, message)
 
     def head(self) -> str:
         return git("rev-parse", "HEAD", cwd=self.work)
