@@ -249,10 +249,8 @@ def test_bad_settings_are_config_errors(tmp_path: Path, fields: dict[str, Any],
     assert "secret" not in str(info.value)
 
 
-def test_recorder_sends_and_flushes_mail_from_the_config_file(
-        tmp_path: Path, password_file: Path) -> None:
-    """[notify.email] in watcher.toml makes Recorder.send mail, and Recorder.flush retry."""
-    server = SMTPServer(users={USER: PASSWORD})
+def write_config(tmp_path: Path, email: str) -> Path:
+    """A minimal watcher.toml whose [notify.email] section is `email`."""
     config = tmp_path / "watcher.toml"
     config.write_text(f"""
 [app]
@@ -263,7 +261,15 @@ remote = "/nowhere.git"
 [supervisor]
 programs = ["mysite"]
 [notify.email]
-smtp_url = "{server.url}"
+{email}""")
+    return config
+
+
+def test_recorder_sends_and_flushes_mail_from_the_config_file(
+        tmp_path: Path, password_file: Path) -> None:
+    """[notify.email] in watcher.toml makes Recorder.send mail, and Recorder.flush retry."""
+    server = SMTPServer(users={USER: PASSWORD})
+    config = write_config(tmp_path, f"""smtp_url = "{server.url}"
 username = "{USER}"
 password_file = "{password_file}"
 to = ["ops@example.com"]
@@ -281,18 +287,7 @@ to = ["ops@example.com"]
 
 def test_loading_the_config_checks_notify_email(tmp_path: Path) -> None:
     """A wrong [notify.email] fails `load` (so `watcher check` and every command exit 2)."""
-    config = tmp_path / "watcher.toml"
-    config.write_text(f"""
-[app]
-name = "mysite"
-root = "{tmp_path / 'app'}"
-[git]
-remote = "/nowhere.git"
-[supervisor]
-programs = ["mysite"]
-[notify.email]
-smtp_url = "http://mail.example.com"
-""")
+    config = write_config(tmp_path, 'smtp_url = "http://mail.example.com"\n')
     with pytest.raises(ConfigError, match=f"{config}: notify.email.smtp_url must be"):
         load(config, environ={})
     config.write_text(config.read_text().replace('"http://mail.example.com"', '""'))

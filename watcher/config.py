@@ -25,7 +25,7 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 DEFAULT_PATH = "/etc/watcher/watcher.toml"
 
-__all__ = ["Config", "load", "parse_duration", "read_secret", "resolve_path"]
+__all__ = ["Config", "load", "parse_duration", "read_secret"]
 
 
 def _dur(default: float) -> Any:
@@ -327,9 +327,3 @@ def read_secret(path: str, key: str) -> str:
         return Path(path).read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise ConfigError(f"{key}: cannot read {path}: {exc.strerror}") from None
-
-
-def resolve_path(cfg: Config, rel: str) -> Path:
-    """A path given relative to the config file's folder, or absolute."""
-    p = Path(rel)
-    return p if p.is_absolute() else (cfg.path.parent / p)

@@ -8,7 +8,6 @@ switch, records the outcome in state.json and reports it.
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ from watcher.outcome import Recorder, Run
 from watcher.plan import PlanInput, make_plan
 from watcher.recovery import recover
 from watcher.releases import Layout
-from watcher.state import ReleaseRecord, State, StateFile
+from watcher.state import ReleaseRecord, State, StateFile, iso_utc
 from watcher.steplog import StepLog
 from watcher.supervisor_rpc import Supervisor
 from watcher.switching import Switcher, connect
@@ -251,7 +250,7 @@ class Deployer:
 
     def _last_check(self, state: State, result: str, sha: str | None = None,
                     error: str = "") -> None:
-        state.last_check = {"at": _iso(time.time()), "result": result, "remote_sha": sha,
+        state.last_check = {"at": iso_utc(), "result": result, "remote_sha": sha,
                             "error": error}
         self.state_file.save(state)
 
@@ -259,6 +258,3 @@ class Deployer:
         """Clean up after a watcher killed mid-deploy (the lock is ours now)."""
         recover(self.layout, self.state_file, self.switcher, state)
 
-
-def _iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))

@@ -56,7 +56,7 @@ class State:
 
     # -- changes -------------------------------------------------------------------------
     def mark_bad(self, sha: str, step: str, reason: str) -> None:
-        self.bad[sha] = {"at": _now(), "step": step, "reason": reason[:500]}
+        self.bad[sha] = {"at": iso_utc(), "step": step, "reason": reason[:500]}
         while len(self.bad) > 100:
             self.bad.pop(next(iter(self.bad)))
 
@@ -133,5 +133,6 @@ def write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
         os.close(dfd)
 
 
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+def iso_utc(ts: float | None = None) -> str:
+    """A UTC timestamp to the second, as state.json and `watcher status` show them."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
