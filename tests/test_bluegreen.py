@@ -20,7 +20,7 @@ import pytest
 from support.nginx import BlueGreenSite
 from support.site import log_events
 
-from watcher.bluegreen import STOP_TIMEOUT_S
+from watcher.engine.bluegreen import STOP_TIMEOUT_S
 
 pytestmark = pytest.mark.slow
 REQUIREMENTS = "requirements.txt"

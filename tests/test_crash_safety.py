@@ -36,8 +36,8 @@ from support.faults import (
 )
 from support.site import TOKEN
 
-from watcher import lock
-from watcher.state import State, StateFile, write_atomic
+from watcher.parts import lock
+from watcher.parts.state import State, StateFile, write_atomic
 
 pytestmark = pytest.mark.slow
 

@@ -26,8 +26,8 @@ from support.daemon import (
 from support.site import Site
 from support.supervisord import free_port
 
-from watcher import lock
 from watcher.errors import LockHeld
+from watcher.parts import lock
 
 SECRET = "canary-hook-secret-d41e7"
 SLOW_HOOK = '[["sleep", "3"]]'

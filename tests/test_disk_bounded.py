@@ -25,7 +25,7 @@ from support.site import TOKEN, Site
 
 from watcher import log
 from watcher.config import load
-from watcher.deploy import Deployer
+from watcher.engine.deploy import Deployer
 
 pytestmark = pytest.mark.slow
 

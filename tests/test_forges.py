@@ -1,4 +1,4 @@
-"""Tables for watcher.forges: signatures per forge, and push payloads shaped as forges send them."""
+"""Tables for watcher.daemon.forges: signatures per forge, push payloads as forges send them."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from watcher import forges
-from watcher.forges import Decision
+from watcher.daemon import forges
+from watcher.daemon.forges import Decision
 
 SECRET = b"forge-test-secret"
 BRANCH = "main"

@@ -17,7 +17,7 @@ from support.supervisord import free_port
 
 from watcher import log
 from watcher.config import load
-from watcher.daemon import Daemon
+from watcher.daemon.loop import Daemon
 
 CHECKS = 600
 pytestmark = pytest.mark.slow

@@ -16,11 +16,11 @@ from support.logapi import LogAPI
 from support.services import SMTPServer
 
 from watcher.config import EmailConfig, load
+from watcher.delivery.mail import EmailNotifier
+from watcher.delivery.report import Commit, ErrorInfo, Report, StepResult, new_report_id
+from watcher.engine.journal import Recorder
 from watcher.errors import ConfigError
-from watcher.notify_email import EmailNotifier
-from watcher.outcome import Recorder
-from watcher.releases import Layout
-from watcher.report import Commit, ErrorInfo, Report, StepResult, new_report_id
+from watcher.parts.releases import Layout
 
 PASSWORD = "canary-smtp-pass-83b1e0f4"
 USER = "watcher@example.com"

@@ -21,7 +21,7 @@ import pytest
 from support.fixtures import run_cli
 from support.site import Site, git, log_events, settled
 
-from watcher import lock
+from watcher.parts import lock
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""Table tests of the pure planner `watcher.plan.make_plan`."""
+"""Table tests of the pure planner `watcher.engine.plan.make_plan`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from watcher.config import Config, build
-from watcher.plan import PlanInput, make_plan
+from watcher.engine.plan import PlanInput, make_plan
 
 LIVE, NEW = "a" * 40, "b" * 40
 OLD_VENV, NEW_VENV = "1111111111111111", "2222222222222222"

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from watcher import lock, releases, venvs
 from watcher.errors import LockHeld, StepFailed
-from watcher.releases import Layout
-from watcher.state import HISTORY_MAX, ReleaseRecord, State, StateFile, write_atomic
+from watcher.parts import lock, releases, venvs
+from watcher.parts.releases import Layout
+from watcher.parts.state import HISTORY_MAX, ReleaseRecord, State, StateFile, write_atomic
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
@@ -292,7 +292,7 @@ def test_write_atomic_replaces_content(tmp_path: Path) -> None:
 HOLD = """\
 import sys, time
 from pathlib import Path
-from watcher import lock
+from watcher.parts import lock
 with lock.acquire(Path(sys.argv[1])):
     print("held", flush=True)
     time.sleep(60)

@@ -14,7 +14,8 @@ import pytest
 from structlog.testing import capture_logs
 from support.logapi import LogAPI
 
-from watcher.report import (
+from watcher.delivery.formats import render
+from watcher.delivery.report import (
     Commit,
     ErrorInfo,
     Report,
@@ -23,8 +24,7 @@ from watcher.report import (
     StepResult,
     new_report_id,
 )
-from watcher.report_formats import render
-from watcher.spool import Spool
+from watcher.delivery.spool import Spool
 
 TOKEN = "canary-7f3a9c2e51d84b06-TOKEN"
 DESIGN_FIELDS = [

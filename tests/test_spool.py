@@ -10,7 +10,7 @@ from pathlib import Path
 
 from structlog.testing import capture_logs
 
-from watcher.spool import Spool
+from watcher.delivery.spool import Spool
 
 
 def _mode(path: Path) -> int:

@@ -1,4 +1,4 @@
-"""watcher.supervisor_rpc against a real supervisord running real Gunicorn."""
+"""watcher.parts.supervisor_rpc against a real supervisord running real Gunicorn."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from support.supervisord import (
 )
 
 from watcher.errors import ConfigError, SupervisorFault, SupervisorUnreachable
-from watcher.supervisor_rpc import Supervisor
+from watcher.parts.supervisor_rpc import Supervisor
 
 SLEEPER = """\
 import pathlib, signal, sys, time

@@ -18,10 +18,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from watcher import forges
+from watcher.daemon import forges
+from watcher.daemon.metrics import Metrics
+from watcher.daemon.webhooks import WebhookServer, send_trigger
 from watcher.errors import ConfigError, TransientError
-from watcher.metrics import Metrics
-from watcher.webhooks import WebhookServer, send_trigger
 
 SECRET = b"canary-webhook-secret-5f1e"
 TRIGGER_KEY = b"canary-trigger-key-77aa"

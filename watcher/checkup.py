@@ -8,13 +8,13 @@ import sys
 import requests
 
 from watcher.config import Config
+from watcher.engine.golive import connect
 from watcher.errors import EXIT_OK, EXIT_TRANSIENT, EXIT_USAGE, TransientError, WatcherError
-from watcher.gitsource import GitSource
 from watcher.log import scrub
-from watcher.releases import Layout
-from watcher.runner import clean_env, run
-from watcher.switching import connect
-from watcher.venvs import interpreter_id
+from watcher.parts.gitsource import GitSource
+from watcher.parts.releases import Layout
+from watcher.parts.runner import clean_env, run
+from watcher.parts.venvs import interpreter_id
 
 
 class _Checks:

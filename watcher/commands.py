@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from watcher import lock
 from watcher.config import Config
-from watcher.deploy import Deployer, Outcome
+from watcher.engine.deploy import Deployer, Outcome
 from watcher.errors import GitError, UsageError
-from watcher.state import StateFile
+from watcher.parts import lock
+from watcher.parts.state import StateFile
 
 
 def _say(outcome: Outcome) -> int:
@@ -35,7 +35,7 @@ def deploy(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def rollback(cfg: Config, args: argparse.Namespace) -> int:
-    from watcher.rollback import rollback as do_rollback
+    from watcher.engine.rollback import rollback as do_rollback
 
     return _say(do_rollback(Deployer(cfg), args.release, lock_wait=args.wait))
 
@@ -110,12 +110,12 @@ def check(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
-    from watcher.daemon import Daemon
+    from watcher.daemon.loop import Daemon
 
     return Daemon(cfg).run()
 
 
 def trigger(cfg: Config, args: argparse.Namespace) -> int:
-    from watcher.daemon import trigger as send
+    from watcher.daemon.loop import trigger as send
 
     return send(cfg)

@@ -314,7 +314,7 @@ def _check(cfg: Config) -> None:
         if Path(rel).is_absolute() or ".." in Path(rel).parts:
             raise ConfigError(f"{p}: {rel!r} must be a path inside the release")
     if cfg.email is not None and (cfg.email.smtp_url or cfg.email.api_url):
-        from watcher.notify_email import check_config  # imported here: it imports this module
+        from watcher.delivery.mail import check_config  # imported here: it imports this module
 
         check_config(cfg.email, str(p))
 

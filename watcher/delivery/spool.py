@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 
-_log = structlog.get_logger("watcher.spool")
+_log = structlog.get_logger("watcher.delivery.spool")
 
 _SUFFIX = ".json"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")

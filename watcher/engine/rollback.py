@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import structlog
 
-from watcher import venvs
-from watcher.deploy import Deployer, Outcome
+from watcher.engine.deploy import Deployer, Outcome
+from watcher.engine.steps import StepLog
 from watcher.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -14,8 +14,8 @@ from watcher.errors import (
     UsageError,
     WatcherError,
 )
-from watcher.state import ReleaseRecord, State
-from watcher.steplog import StepLog
+from watcher.parts import venvs
+from watcher.parts.state import ReleaseRecord, State
 
 log = structlog.get_logger()
 

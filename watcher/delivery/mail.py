@@ -33,14 +33,14 @@ from urllib.parse import urlsplit
 import structlog
 
 from watcher.config import EmailConfig, read_secret
-from watcher.email_text import render_message
+from watcher.delivery.formats import mask
+from watcher.delivery.mail_text import render_message
+from watcher.delivery.outbox import Outbox
+from watcher.delivery.report import OUTCOMES, Report, redact_url
 from watcher.errors import ConfigError, WatcherError
 from watcher.log import register_secret
-from watcher.outbox import Outbox
-from watcher.report import OUTCOMES, Report, redact_url
-from watcher.report_formats import mask
 
-_log = structlog.get_logger("watcher.notify_email")
+_log = structlog.get_logger("watcher.delivery.mail")
 
 _MAX_ATTEMPTS = 3
 

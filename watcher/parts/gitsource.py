@@ -19,10 +19,10 @@ from typing import Any
 import structlog
 
 from watcher.config import GitConfig, read_secret
+from watcher.delivery.report import Commit
 from watcher.errors import GitError, RemoteUnreachable, StepFailed
 from watcher.log import register_secret, scrub
-from watcher.report import Commit
-from watcher.runner import clean_env, run
+from watcher.parts.runner import clean_env, run
 
 log = structlog.get_logger()
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import structlog
 
-from watcher import releases, runner, venvs
+from watcher.engine.golive import Switcher
+from watcher.engine.steps import StepLog
 from watcher.errors import WatcherError
-from watcher.releases import Layout
-from watcher.state import State, StateFile
-from watcher.steplog import StepLog
-from watcher.switching import Switcher
+from watcher.parts import releases, runner, venvs
+from watcher.parts.releases import Layout
+from watcher.parts.state import State, StateFile
 
 log = structlog.get_logger()
 

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import structlog
 
-from watcher import venvs
 from watcher.config import Config
-from watcher.django_steps import Django, Inspection
+from watcher.engine.plan import Plan
+from watcher.engine.steps import StepLog
 from watcher.errors import StepFailed
-from watcher.plan import Plan
-from watcher.releases import Layout, hardlink_tree, link_shared
-from watcher.steplog import StepLog
+from watcher.parts import venvs
+from watcher.parts.django_steps import Django, Inspection
+from watcher.parts.releases import Layout, hardlink_tree, link_shared
 
 log = structlog.get_logger()
 

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 import structlog
 
+from watcher.delivery.report import StepResult
 from watcher.errors import Interrupted, StepFailed, TransientError, WatcherError
-from watcher.report import StepResult
-from watcher.runner import CANCEL
+from watcher.parts.runner import CANCEL
 
 log = structlog.get_logger()
 # Steps that may be cut short when the daemon stops: all before the switch. After the switch

@@ -23,10 +23,10 @@ from typing import Any
 
 import structlog
 
-from watcher import forges
+from watcher.daemon import forges
+from watcher.daemon.metrics import CONTENT_TYPE, Metrics
 from watcher.errors import ConfigError, TransientError
 from watcher.log import register_secret
-from watcher.metrics import CONTENT_TYPE, Metrics
 
 log = structlog.get_logger()
 

@@ -21,9 +21,10 @@ from typing import Any
 
 import structlog
 
-from watcher import runner
 from watcher.config import Config, read_secret
-from watcher.deploy import Deployer, Outcome
+from watcher.daemon.metrics import Metrics
+from watcher.daemon.webhooks import WebhookServer, send_trigger
+from watcher.engine.deploy import Deployer, Outcome
 from watcher.errors import (
     EXIT_OK,
     Interrupted,
@@ -31,9 +32,8 @@ from watcher.errors import (
     TransientError,
     WatcherError,
 )
-from watcher.metrics import Metrics
-from watcher.state import write_atomic
-from watcher.webhooks import WebhookServer, send_trigger
+from watcher.parts import runner
+from watcher.parts.state import write_atomic
 
 log = structlog.get_logger()
 JITTER = 0.10

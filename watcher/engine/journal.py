@@ -11,13 +11,13 @@ import structlog
 
 from watcher import __version__
 from watcher.config import Config
+from watcher.delivery.mail import EmailNotifier, enabled
+from watcher.delivery.report import Commit, ErrorInfo, Report, Reporter, ReportTarget, new_report_id
+from watcher.engine.steps import StepLog
 from watcher.errors import StepFailed
 from watcher.log import scrub
-from watcher.notify_email import EmailNotifier, enabled
-from watcher.releases import Layout
-from watcher.report import Commit, ErrorInfo, Report, Reporter, ReportTarget, new_report_id
-from watcher.state import State
-from watcher.steplog import StepLog
+from watcher.parts.releases import Layout
+from watcher.parts.state import State
 
 log = structlog.get_logger()
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from watcher.config import DjangoConfig
 from watcher.errors import StepFailed
-from watcher.runner import Result, clean_env, run
+from watcher.parts.runner import Result, clean_env, run
 
 MARK = "WATCHER-INSPECT "
 # Runs inside `manage.py shell -c`, so the settings module is whatever manage.py sets.

@@ -33,8 +33,8 @@ import structlog
 
 from watcher.config import Config
 from watcher.errors import StepFailed, WatcherError
-from watcher.health import wait_healthy
-from watcher.supervisor_rpc import RUNNING, STOPPED_STATES, Supervisor
+from watcher.parts.health import wait_healthy
+from watcher.parts.supervisor_rpc import RUNNING, STOPPED_STATES, Supervisor
 
 log = structlog.get_logger()
 NAMES = ("blue", "green")

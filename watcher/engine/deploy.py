@@ -14,10 +14,13 @@ from pathlib import Path
 
 import structlog
 
-from watcher import lock, releases, runner, venvs
-from watcher.build import Builder, BuildResult
 from watcher.config import Config
-from watcher.django_steps import Django
+from watcher.engine.build import Builder, BuildResult
+from watcher.engine.golive import Switcher, connect
+from watcher.engine.journal import Recorder, Run
+from watcher.engine.plan import PlanInput, make_plan
+from watcher.engine.recovery import recover
+from watcher.engine.steps import StepLog
 from watcher.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -28,15 +31,12 @@ from watcher.errors import (
     TransientError,
     WatcherError,
 )
-from watcher.gitsource import GitSource
-from watcher.outcome import Recorder, Run
-from watcher.plan import PlanInput, make_plan
-from watcher.recovery import recover
-from watcher.releases import Layout
-from watcher.state import ReleaseRecord, State, StateFile, iso_utc
-from watcher.steplog import StepLog
-from watcher.supervisor_rpc import Supervisor
-from watcher.switching import Switcher, connect
+from watcher.parts import lock, releases, runner, venvs
+from watcher.parts.django_steps import Django
+from watcher.parts.gitsource import GitSource
+from watcher.parts.releases import Layout
+from watcher.parts.state import ReleaseRecord, State, StateFile, iso_utc
+from watcher.parts.supervisor_rpc import Supervisor
 
 log = structlog.get_logger()
 

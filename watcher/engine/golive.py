@@ -11,15 +11,15 @@ from collections.abc import Callable, Iterator
 
 import structlog
 
-from watcher import releases
-from watcher.bluegreen import BlueGreen
 from watcher.config import Config, read_secret
+from watcher.engine.bluegreen import BlueGreen
+from watcher.engine.steps import StepLog
 from watcher.errors import TransientError, WatcherError
-from watcher.health import wait_healthy
 from watcher.log import register_secret
-from watcher.releases import Layout
-from watcher.steplog import StepLog
-from watcher.supervisor_rpc import Supervisor
+from watcher.parts import releases
+from watcher.parts.health import wait_healthy
+from watcher.parts.releases import Layout
+from watcher.parts.supervisor_rpc import Supervisor
 
 log = structlog.get_logger()
 

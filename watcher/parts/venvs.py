@@ -18,8 +18,8 @@ from pathlib import Path
 import structlog
 
 from watcher.errors import StepFailed
-from watcher.releases import discard, remove
-from watcher.runner import clean_env, run
+from watcher.parts.releases import discard, remove
+from watcher.parts.runner import clean_env, run
 
 log = structlog.get_logger()
 COMPLETE = ".complete"

@@ -1,7 +1,7 @@
 """The deploy report (DESIGN §7) and its delivery to the logging API.
 
 `Reporter.send` never raises and takes little more than `budget_s`: what the API does not
-accept goes to the spool (`watcher.spool`) and is sent again, oldest first, by the next
+accept goes to the spool (`watcher.delivery.spool`) and is sent again, oldest first, by the next
 `send` or `flush`. Secrets: the token is read from `token_file` at each send and is never
 logged, spooled or put in a body (it is even masked inside the document); URLs are logged as
 scheme://host only, since a Slack webhook URL is itself a secret; exceptions from requests
@@ -21,12 +21,12 @@ from urllib.parse import urlsplit
 import structlog
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_random_exponential
 
+from watcher.delivery.formats import auth_headers, mask, render
+from watcher.delivery.outbox import Outbox
+from watcher.delivery.spool import increasing_time_ns
 from watcher.log import register_secret
-from watcher.outbox import Outbox
-from watcher.report_formats import auth_headers, mask, render
-from watcher.spool import increasing_time_ns
 
-_log = structlog.get_logger("watcher.report")
+_log = structlog.get_logger("watcher.delivery.report")
 
 EVENTS = ("deploy", "rollback")
 OUTCOMES = ("succeeded", "failed", "rolled_back", "rollback_failed")

@@ -15,10 +15,10 @@ from typing import Any
 
 import structlog
 
-from watcher.report_formats import mask
-from watcher.spool import Spool
+from watcher.delivery.formats import mask
+from watcher.delivery.spool import Spool
 
-_log = structlog.get_logger("watcher.outbox")
+_log = structlog.get_logger("watcher.delivery.outbox")
 
 # deliver(doc, deadline) -> "sent" | "rejected" (this document never will be) | "failed"
 Deliver = Callable[[dict[str, Any], float], str]

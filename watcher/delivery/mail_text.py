@@ -7,7 +7,7 @@ from email.utils import formatdate
 from typing import Any
 
 from watcher.config import EmailConfig
-from watcher.report_formats import summary
+from watcher.delivery.formats import summary
 
 _TAIL_LINES = 40
 

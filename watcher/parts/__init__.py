@@ -1,0 +1,6 @@
+"""One outside system each (git, virtualenvs, Django, Supervisord, the health URL, the
+release tree, state, the lock), translated into our own errors at its border.
+
+Parts import no engine, delivery or daemon module, and each other only through the shared
+modules named in `tests/test_layers.py` (`runner`, the one door for subprocesses, and `fs`).
+"""
