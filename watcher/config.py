@@ -49,6 +49,13 @@ class GitConfig:
     token_username: str = "x-access-token"  # noqa: S105 - a user name, not a secret
     interval: float = _dur(60.0)
     timeout: float = _dur(60.0)
+    verify: str = "off"  # off | ssh | gpg
+    allowed_signers_file: str = ""
+    gpg_keys_file: str = ""
+    tag_pattern: str = ""
+    prereleases: bool = False
+    paths: tuple[str, ...] = ()
+    ignore_paths: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,7 @@ class BuildConfig:
     pip_args: tuple[str, ...] = ()
     shared: tuple[str, ...] = ()
     timeout: float = _dur(900.0)
+    installer: str = "uv"  # uv | pip
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,7 @@ class DjangoConfig:
     collectstatic: str = "auto"
     check_deploy: bool = False
     timeout: float = _dur(600.0)
+    migration_safety: str = "refuse"  # refuse | warn | off (DESIGN §2a)
 
 
 @dataclass(frozen=True)
@@ -86,12 +95,14 @@ class SupervisorConfig:
     reload: str = "auto"
     timeout: float = _dur(10.0)
     start_timeout: float = _dur(60.0)
+    workers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class BlueGreenConfig:
     programs: tuple[str, ...] = ()
     health_urls: tuple[str, ...] = ()
+    settle: float = _dur(2.5)
 
 
 @dataclass(frozen=True)
@@ -100,6 +111,8 @@ class HealthConfig:
     expect_revision: bool = True
     timeout: float = _dur(30.0)
     interval: float = _dur(0.2)
+    smoke_paths: tuple[str, ...] = ()
+    failures: int = 3
 
 
 @dataclass(frozen=True)
@@ -129,6 +142,31 @@ class EmailConfig:
 
 
 @dataclass(frozen=True)
+class ForgeConfig:
+    type: str = ""  # github | gitlab | gitea | bitbucket
+    api_url: str = ""
+    repo: str = ""
+    token_file: str = ""
+    environment: str = "production"
+    target_url: str = ""
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    windows: tuple[str, ...] = ()
+    timezone: str = "UTC"
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    redis_url: str = ""
+    password_file: str = ""
+    host: str = ""
+    max_parallel: int = 1
+    lease: float = _dur(30.0)
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     app: AppConfig
@@ -142,6 +180,9 @@ class Config:
     report: ReportConfig = ReportConfig()
     webhook: WebhookConfig = WebhookConfig()
     email: EmailConfig | None = None
+    forge: ForgeConfig | None = None
+    schedule: ScheduleConfig = ScheduleConfig()
+    fleet: FleetConfig | None = None
 
     @property
     def state_dir(self) -> Path:
@@ -161,6 +202,9 @@ SECTIONS: dict[str, tuple[str, type, bool]] = {
     "report": ("report", ReportConfig, False),
     "webhook": ("webhook", WebhookConfig, False),
     "notify.email": ("email", EmailConfig, True),
+    "forge": ("forge", ForgeConfig, True),
+    "schedule": ("schedule", ScheduleConfig, False),
+    "fleet": ("fleet", FleetConfig, True),
 }
 
 _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
@@ -168,6 +212,10 @@ _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("django", "collectstatic"): ("auto", "always", "never"),
     ("supervisor", "reload"): ("auto", "hup", "restart", "bluegreen"),
     ("report", "format"): ("json", "slack", "betterstack", "datadog"),
+    ("git", "verify"): ("off", "ssh", "gpg"),
+    ("build", "installer"): ("uv", "pip"),
+    ("django", "migration_safety"): ("refuse", "warn", "off"),
+    ("forge", "type"): ("github", "gitlab", "gitea", "bitbucket"),
 }
 
 
