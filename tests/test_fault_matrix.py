@@ -85,10 +85,13 @@ from support.faults import (
 )
 from support.site import TOKEN, Site
 
+from watcher.engine.steps import TABLE
+
 pytestmark = pytest.mark.slow
 
-BEFORE_SWITCH = ("export", "shared", "venv", "check", "migrate", "collectstatic", "pre_switch")
-AFTER_SWITCH = ("reload", "health")
+# What a failure of each step means comes from the engine's one step table.
+ABORTS = {k.name for k in TABLE if k.on_failure == "abort"}
+ROLLS_BACK = {k.name for k in TABLE if k.on_failure == "roll_back"}
 
 
 @dataclass(frozen=True)
@@ -104,9 +107,9 @@ class Cell:
     def outcome(self) -> str:
         if self.step in ("resolve", "fetch") or self.id == "reload-down":
             return "transient"
-        if self.step in BEFORE_SWITCH:
+        if self.step in ABORTS:
             return "failed"
-        if self.step in AFTER_SWITCH:
+        if self.step in ROLLS_BACK:
             return "rolled_back"
         return "succeeded"
 

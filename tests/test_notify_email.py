@@ -17,10 +17,11 @@ from support.services import SMTPServer
 
 from watcher.config import EmailConfig, load
 from watcher.delivery.mail import EmailNotifier
-from watcher.delivery.report import Commit, ErrorInfo, Report, StepResult, new_report_id
-from watcher.engine.journal import Recorder
+from watcher.delivery.record import Commit, ErrorInfo, Report, StepResult, new_report_id
+from watcher.engine.journal import Journal
 from watcher.errors import ConfigError
 from watcher.parts.releases import Layout
+from watcher.parts.state import StateFile
 
 PASSWORD = "canary-smtp-pass-83b1e0f4"
 USER = "watcher@example.com"
@@ -265,9 +266,9 @@ programs = ["mysite"]
     return config
 
 
-def test_recorder_sends_and_flushes_mail_from_the_config_file(
+def test_journal_sends_and_flushes_mail_from_the_config_file(
         tmp_path: Path, password_file: Path) -> None:
-    """[notify.email] in watcher.toml makes Recorder.send mail, and Recorder.flush retry."""
+    """[notify.email] in watcher.toml gives the journal a mailer, and Journal.flush retries."""
     server = SMTPServer(users={USER: PASSWORD})
     config = write_config(tmp_path, f"""smtp_url = "{server.url}"
 username = "{USER}"
@@ -275,13 +276,13 @@ password_file = "{password_file}"
 to = ["ops@example.com"]
 """)
     cfg = load(config, environ={})
-    recorder = Recorder(cfg, Layout(cfg.app.root))
-    assert recorder.emailer is not None
-    recorder.emailer.budget_s = 1.0
-    recorder.send(make_report())
+    journal = Journal(cfg, Layout(cfg.app.root), StateFile(cfg.state_dir / "state.json"))
+    assert journal.emailer is not None
+    journal.emailer.budget_s = 1.0
+    journal.emailer.send(make_report())
     assert len(list((cfg.state_dir / "spool-email").glob("*.json"))) == 1
     with server:
-        assert recorder.flush() == 1
+        assert journal.flush() == 1
         assert len(server.wait_for(1)) == 1
 
 

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from watcher.config import Config, build
-from watcher.engine.plan import PlanInput, make_plan
+from watcher.engine.plan import PlanInput, go_live_steps, make_plan, reload_mode
+from watcher.engine.steps import TABLE
 
 LIVE, NEW = "a" * 40, "b" * 40
 OLD_VENV, NEW_VENV = "1111111111111111", "2222222222222222"
@@ -108,8 +109,8 @@ def test_plan_actions(inp: PlanInput, sections: dict[str, dict[str, Any]],
 def test_first_deploy_step_order() -> None:
     """A first deploy runs the gate, Django steps, switch, reload, health and prune in order."""
     plan = make_plan(first(), config())
-    assert plan.names == ("venv", "check", "migrate", "collectstatic", "switch", "reload",
-                          "health", "prune")
+    assert plan.names == ("fetch", "export", "venv", "check", "migrate", "collectstatic",
+                          "switch", "reload", "health", "prune")
 
 
 def test_every_step_in_order_with_everything_configured() -> None:
@@ -119,8 +120,9 @@ def test_every_step_in_order_with_everything_configured() -> None:
         build={"shared": ["data"]},
         hooks={"pre_switch": [["true"]], "post_switch": [["true"]]},
     ))
-    assert plan.names == ("shared", "venv", "check", "migrate", "collectstatic", "pre_switch",
-                          "switch", "reload", "health", "post_switch", "prune")
+    assert plan.names == ("fetch", "export", "shared", "venv", "check", "migrate",
+                          "collectstatic", "pre_switch", "switch", "reload", "health",
+                          "post_switch", "prune")
 
 
 def test_plan_reasons_name_the_changed_path() -> None:
@@ -130,7 +132,39 @@ def test_plan_reasons_name_the_changed_path() -> None:
     assert "mysite/settings.py" in step.reason
 
 
-def test_plan_is_pure() -> None:
-    """The same input and config give the same plan."""
-    cfg = config(build={"shared": ["data"]})
-    assert make_plan(new_venv(), cfg) == make_plan(new_venv(), cfg)
+def test_fetch_only_when_the_mirror_lacks_the_commit() -> None:
+    """The fetch step runs when the commit is not in the mirror yet, and says why not when
+    it is."""
+    assert make_plan(code_only(), config()).action("fetch") == "skip"
+    missing = PlanInput(LIVE, OLD_VENV, NEW, OLD_VENV, True, None, have_commit=False)
+    assert make_plan(missing, config()).action("fetch") == "run"
+
+
+def test_every_step_is_a_row_of_the_table_in_table_order() -> None:
+    """Every step the planner emits is a kind of the step table, in the table's order, so
+    the executor, the step log and the fault matrix read one list."""
+    plan = make_plan(code_only(), config(
+        build={"shared": ["data"]},
+        hooks={"pre_switch": [["true"]], "post_switch": [["true"]]},
+    ))
+    order = [kind.name for kind in TABLE]
+    assert [order.index(n) for n in plan.names] == sorted(order.index(n) for n in plan.names)
+    assert plan.phase("go_live") == go_live_steps(config(), "hup",
+                                                  "code only: graceful worker reload")
+
+
+@pytest.mark.parametrize(("live", "target", "sections", "expected"), [
+    (None, NEW_VENV, {}, "restart"),
+    (OLD_VENV, OLD_VENV, {}, "hup"),
+    (OLD_VENV, NEW_VENV, {}, "restart"),
+    (OLD_VENV, NEW_VENV, {"bluegreen": BLUEGREEN}, "bluegreen"),
+    (OLD_VENV, OLD_VENV, {"bluegreen": BLUEGREEN}, "hup"),
+    (OLD_VENV, OLD_VENV, {"supervisor": {"reload": "restart"}}, "restart"),
+])
+def test_reload_mode_is_decided_in_one_place(live: str | None, target: str,
+                                            sections: dict[str, dict[str, Any]],
+                                            expected: str) -> None:
+    """`reload_mode`, which deploys, rollbacks and recovery all ask, follows the venv and
+    `supervisor.reload`; the plan's reload step is its answer."""
+    mode, reason = reload_mode(config(**sections), live_venv=live, target_venv=target)
+    assert mode == expected and reason

@@ -205,9 +205,9 @@ def test_failed_venv_build_leaves_nothing_behind(tmp_path: Path) -> None:
     (root / "dddd").mkdir(parents=True)
     (root / "dddd" / "left-by-a-crash").write_text("")
     with pytest.raises(StepFailed) as info:
-        venvs.ensure(root, "dddd", release, python=sys.executable,
-                     requirements=["requirements.txt"],
-                     pip_args=["--no-index", "--find-links", str(tmp_path)], timeout=120)
+        venvs.build(root, "dddd", release, python=sys.executable,
+                    requirements=["requirements.txt"],
+                    pip_args=["--no-index", "--find-links", str(tmp_path)], timeout=120)
     assert info.value.step == "venv"
     assert "watcher-test-no-such-package" in info.value.output_tail
     assert not (root / "dddd").exists()

@@ -15,15 +15,8 @@ from structlog.testing import capture_logs
 from support.logapi import LogAPI
 
 from watcher.delivery.formats import render
-from watcher.delivery.report import (
-    Commit,
-    ErrorInfo,
-    Report,
-    Reporter,
-    ReportTarget,
-    StepResult,
-    new_report_id,
-)
+from watcher.delivery.http import Reporter, ReportTarget
+from watcher.delivery.record import Commit, ErrorInfo, Report, StepResult, new_report_id
 from watcher.delivery.spool import Spool
 
 TOKEN = "canary-7f3a9c2e51d84b06-TOKEN"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -109,8 +108,3 @@ def _handler(command: str) -> Handler:
         "trigger": commands.trigger,
     }
     return handlers[command]
-
-
-def print_json(data: object) -> None:
-    json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
-    sys.stdout.write("\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from watcher.config import Config
@@ -21,7 +22,7 @@ def _say(outcome: Outcome) -> int:
 def once(cfg: Config, args: argparse.Namespace) -> int:
     deployer = Deployer(cfg)
     outcome = deployer.check_once()
-    deployer.recorder.flush()  # reports and mails a past run could not deliver (cron users)
+    deployer.journal.flush()  # reports and mails a past run could not deliver (cron users)
     return _say(outcome)
 
 
@@ -41,7 +42,6 @@ def rollback(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def status(cfg: Config, args: argparse.Namespace) -> int:
-    from watcher.cli import print_json
 
     state = StateFile(cfg.state_dir / "state.json").load()
     live = state.live_record()
@@ -84,7 +84,6 @@ def status(cfg: Config, args: argparse.Namespace) -> int:
 def history(cfg: Config, args: argparse.Namespace) -> int:
     """The last N deploys and rollbacks: `--json` oldest first (a slice of state.json's
     history, for scripts); the text form newest first, one line each (like `git log`)."""
-    from watcher.cli import print_json
 
     if args.n < 1:
         raise UsageError("-n must be at least 1")
@@ -119,3 +118,8 @@ def trigger(cfg: Config, args: argparse.Namespace) -> int:
     from watcher.daemon.loop import trigger as send
 
     return send(cfg)
+
+
+def print_json(data: object) -> None:
+    json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
+    sys.stdout.write("\n")

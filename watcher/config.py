@@ -7,6 +7,7 @@ Secrets are never values in the config: only `*_file` paths, read at each use by
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import sys
 from collections.abc import Mapping
@@ -17,6 +18,7 @@ from urllib.parse import urlsplit
 
 from watcher.config_values import EnvValue, convert, from_env, parse_duration
 from watcher.errors import ConfigError
+from watcher.kinds import DEPLOY_OUTCOMES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -362,9 +364,42 @@ def _check(cfg: Config) -> None:
         if Path(rel).is_absolute() or ".." in Path(rel).parts:
             raise ConfigError(f"{p}: {rel!r} must be a path inside the release")
     if cfg.email is not None and (cfg.email.smtp_url or cfg.email.api_url):
-        from watcher.delivery.mail import check_config  # imported here: it imports this module
+        check_email(cfg.email, str(p))
 
-        check_config(cfg.email, str(p))
+
+def check_email(cfg: EmailConfig, where: str) -> None:
+    """[notify.email] as a whole; ConfigError naming the key (exit code 2)."""
+    if cfg.smtp_url and cfg.api_url:
+        raise ConfigError(f"{where}: set notify.email.smtp_url or notify.email.api_url, not both")
+    if cfg.smtp_url and not _smtp_url_ok(cfg.smtp_url):
+        raise ConfigError(f"{where}: notify.email.smtp_url must be smtp://host[:port] or "
+                          "smtps://host[:port], without credentials (use password_file)")
+    if cfg.api_url and urlsplit(cfg.api_url).scheme not in ("http", "https"):
+        raise ConfigError(f"{where}: notify.email.api_url must be an http(s) URL")
+    if not cfg.to or not all("@" in a for a in cfg.to):
+        raise ConfigError(f"{where}: notify.email.to needs at least one address")
+    if "@" not in cfg.sender:
+        raise ConfigError(f"{where}: notify.email.sender must be an address")
+    unknown = [o for o in cfg.on if o not in DEPLOY_OUTCOMES]
+    if unknown:
+        raise ConfigError(f"{where}: notify.email.on: unknown outcome(s) {unknown}; "
+                          f"expected some of {', '.join(DEPLOY_OUTCOMES)}")
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _smtp_url_ok(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # ValueError on a port that is not a number
+    except ValueError:
+        return False
+    return parts.scheme in ("smtp", "smtps") and bool(parts.hostname) and not parts.password
 
 
 def read_secret(path: str, key: str) -> str:

@@ -75,9 +75,3 @@ class StepFailed(WatcherError):
 class Interrupted(WatcherError):
     """The daemon is stopping: a step before the switch was cut short. Not the commit's
     fault, so it is not marked bad; the next start deploys it again."""
-
-
-class RollbackFailed(WatcherError):
-    """The rollback after a failed switch did not bring the old release back."""
-
-    exit_code = EXIT_ROLLBACK_FAILED

@@ -32,6 +32,7 @@ from watcher.errors import (
     TransientError,
     WatcherError,
 )
+from watcher.kinds import DEPLOY_OUTCOMES
 from watcher.parts import runner
 from watcher.parts.state import write_atomic
 
@@ -66,14 +67,13 @@ def trigger_key_path(cfg: Config) -> Path:
 
 
 class Daemon:
-    def __init__(self, cfg: Config, deployer: Deployer | None = None,
-                 rng: random.Random | None = None) -> None:
+    def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.deployer = deployer or Deployer(cfg)
+        self.deployer = Deployer(cfg)
         self.hints = Hints()
         self.metrics = Metrics()
         self.stopping = threading.Event()
-        self.rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self.rng = random.Random()  # noqa: S311 - jitter, not cryptography
         self.failures = 0
         self.checks = 0
         self.last: dict[str, Any] = {}
@@ -179,14 +179,14 @@ class Daemon:
             self._failed("failed", type(exc).__name__)
             return self._jitter(interval)
         self._succeeded(outcome)
-        self.deployer.recorder.flush()
+        self.deployer.journal.flush()
         return self._jitter(interval)
 
     def _succeeded(self, outcome: Outcome) -> None:
         result = {"unchanged": "unchanged", "succeeded": "deployed"}.get(outcome.outcome,
                                                                          "failed")
         self.metrics.check(result)
-        if outcome.outcome in ("succeeded", "failed", "rolled_back", "rollback_failed"):
+        if outcome.outcome in DEPLOY_OUTCOMES:
             self.metrics.deploy(outcome.outcome, outcome.duration_s)
         if outcome.outcome in ("unchanged", "succeeded"):
             live_sha = outcome.sha

@@ -20,8 +20,10 @@ from prometheus_client import (
     generate_latest,
 )
 
+from watcher import kinds
+
 CHECK_RESULTS = ("unchanged", "deployed", "failed", "transient")
-DEPLOY_OUTCOMES = ("succeeded", "failed", "rolled_back", "rollback_failed")
+DEPLOY_OUTCOMES = kinds.DEPLOY_OUTCOMES
 WEBHOOK_SOURCES = ("github", "gitlab", "gitea", "bitbucket", "generic", "trigger")
 WEBHOOK_RESULTS = ("queued", "ignored", "malformed", "unauthorized", "too_large", "error")
 

@@ -104,14 +104,6 @@ class Spool:
         _log.error(f"spool.{reason}", file=path.name, id=_report_id(path), **context)
         return target
 
-    def size_bytes(self) -> int:
-        """Total size of the pending report files (set-aside files are not counted)."""
-        total = 0
-        for path in self._files():
-            with contextlib.suppress(FileNotFoundError):
-                total += path.stat().st_size
-        return total
-
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[bool]:
         """Try to take the spool's flock without waiting; yields whether it was taken.

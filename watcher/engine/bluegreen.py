@@ -6,8 +6,9 @@ venv), health-check it on its own URL for the new sha, wait `SETTLE_S` so Nginx 
 the failures it counted against the idle port while it was down, then stop the old colour
 (Supervisord's stop waits for Gunicorn's graceful shutdown: requests in flight finish, new
 connections are refused and Nginx passes them to the new colour). If the idle colour does not
-come up healthy it is stopped again and the old colour, never touched, keeps serving; the
-rollback that follows only has to switch `current` back (`keep` below).
+come up healthy it is stopped again and the old colour, never touched, keeps serving: the
+`SwapAbandoned` error names it, and the rollback that follows passes it back as `keep`, so
+it only has to switch `current` back.
 
 A code-only change HUPs the live colour: Gunicorn forks fresh workers from the new release.
 
@@ -26,7 +27,6 @@ new colour running: Supervisord's answer wins over the recorded colour.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
@@ -38,12 +38,12 @@ from watcher.parts.supervisor_rpc import RUNNING, STOPPED_STATES, Supervisor
 
 log = structlog.get_logger()
 NAMES = ("blue", "green")
-# Must exceed the `fail_timeout` of the upstream servers in Nginx + 1 s (Nginx counts it in
-# whole seconds; examples/nginx/mysite.conf uses 1s): a port Nginx counted as failed is
-# skipped that long, and if the new colour were still skipped when the old one stops, Nginx
-# would find no live upstream and answer 502. Counted from the new colour's first healthy
-# answer, after which Nginx cannot count a refused connection against it any more.
-SETTLE_S = 2.5
+# `bluegreen.settle` (default 2.5 s) must exceed the `fail_timeout` of the upstream servers
+# in Nginx + 1 s (Nginx counts it in whole seconds; examples/nginx/mysite.conf uses 1s): a
+# port Nginx counted as failed is skipped that long, and if the new colour were still skipped
+# when the old one stops, Nginx would find no live upstream and answer 502. Counted from the
+# new colour's first healthy answer, after which Nginx cannot count a refused connection
+# against it any more.
 # Supervisord SIGKILLs a program after its stopwaitsecs (30 in the shipped configs); wait a
 # little longer than that for the old colour's graceful stop.
 STOP_TIMEOUT_S = 45.0
@@ -56,24 +56,27 @@ class Colour:
     health_url: str  # its own Gunicorn, not through Nginx
 
 
-class BlueGreen:
-    """The colours' side of a reload. `colour` is the live colour as far as we know ("" =
-    unknown, ask Supervisord); the deploy sets it from state and records it afterwards."""
+class SwapAbandoned(StepFailed):
+    """The idle colour did not come up healthy and was stopped again; `serving`, the old
+    colour, was never touched and still serves the old release ("" when none ran)."""
 
-    def __init__(self, cfg: Config, *, settle: float = SETTLE_S,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, message: str, serving: str) -> None:
+        super().__init__("health", message)
+        self.serving = serving
+
+
+class BlueGreen:
+    """The colours' side of a reload. The live colour is passed in (`recorded`, from
+    state.json; "" = unknown, ask Supervisord) and the colour serving afterwards returned."""
+
+    def __init__(self, cfg: Config) -> None:
         if cfg.bluegreen is None:
             raise ValueError("blue/green needs a [bluegreen] section")
         self.cfg = cfg
         bg = cfg.bluegreen
         self.colours = tuple(Colour(n, p, u) for n, p, u in
                              zip(NAMES, bg.programs, bg.health_urls, strict=True))
-        self.colour = ""
-        self.settle = settle
-        self.sleep = sleep
-        # Set when a swap failed and left the old colour serving the old code: the rollback
-        # that follows has nothing to restart (its `current` switch back is all it needs).
-        self.keep = ""
+        self.settle = bg.settle
 
     # -- queries -------------------------------------------------------------------------
     def by_name(self, name: str) -> Colour | None:
@@ -82,34 +85,35 @@ class BlueGreen:
     def other(self, colour: Colour) -> Colour:
         return self.colours[1] if colour is self.colours[0] else self.colours[0]
 
-    def find_live(self, sup: Supervisor) -> tuple[Colour | None, list[Colour]]:
+    def find_live(self, sup: Supervisor,
+                  recorded: str) -> tuple[Colour | None, list[Colour]]:
         """The live colour, and the other one when it is not down (to be stopped: it is
         RUNNING too, or STARTING/BACKOFF and could come up serving another version)."""
         states = {c.name: sup.info(c.program).statename for c in self.colours}
         up = [c for c in self.colours if states[c.name] == RUNNING]
-        recorded = self.by_name(self.colour)
+        known = self.by_name(recorded)
         if not up:
-            if recorded is not None:
-                log.warning("bluegreen.none_running", recorded=self.colour)
+            if known is not None:
+                log.warning("bluegreen.none_running", recorded=recorded)
             return None, []
         if len(up) == 1:
             live = up[0]
-            if recorded is not None and recorded is not live:
-                log.warning("bluegreen.state_disagrees", recorded=self.colour,
-                            running=live.name)
+            if known is not None and known is not live:
+                log.warning("bluegreen.state_disagrees", recorded=recorded, running=live.name)
         else:
-            live = recorded or self.colours[0]
+            live = known or self.colours[0]
             log.warning("bluegreen.both_running", live=live.name)
         other = self.other(live)
         return live, ([] if states[other.name] in STOPPED_STATES else [other])
 
     # -- reloads -------------------------------------------------------------------------
-    def reload(self, sup: Supervisor, mode: str, sha: str) -> str:
-        """`hup`: HUP the live colour; anything else: swap. Returns the live colour."""
-        keep, self.keep = self.keep, ""
-        live, extra = self.find_live(sup)
+    def reload(self, sup: Supervisor, mode: str, sha: str, recorded: str,
+               keep: str = "") -> str:
+        """`hup`: HUP the live colour; anything else: swap. `keep`: the colour a failed swap
+        left serving this very release (nothing to restart). Returns the live colour."""
+        live, extra = self.find_live(sup, recorded)
         if live is None or (mode != "hup" and keep != live.name):
-            live = self._swap(sup, live, sha)  # restarts (and so replaces) any extra colour
+            live = self._swap(sup, live, sha, recorded)  # restarts (so replaces) any extra
         else:
             if keep == live.name:
                 log.info("bluegreen.kept", colour=live.name,
@@ -119,11 +123,10 @@ class BlueGreen:
                 log.info("bluegreen.hup", colour=live.name, program=live.program, pid=info.pid)
             for colour in extra:
                 sup.stop(colour.program, STOP_TIMEOUT_S)
-        self.colour = live.name
         return live.name
 
-    def _swap(self, sup: Supervisor, live: Colour | None, sha: str) -> Colour:
-        idle = self.other(live) if live else (self.by_name(self.colour) or self.colours[0])
+    def _swap(self, sup: Supervisor, live: Colour | None, sha: str, recorded: str) -> Colour:
+        idle = self.other(live) if live else (self.by_name(recorded) or self.colours[0])
         log.info("bluegreen.start", idle=idle.name, live=live.name if live else None)
         if sup.info(idle.program).statename not in STOPPED_STATES:
             sup.stop(idle.program, STOP_TIMEOUT_S)  # STARTING/BACKOFF leftovers: start afresh
@@ -131,26 +134,20 @@ class BlueGreen:
             sup.start(idle.program, self.cfg.supervisor.start_timeout)
             took = self.check(idle, sha)
         except WatcherError as exc:
-            self._abandon(sup, idle, live)
+            try:
+                sup.stop(idle.program, STOP_TIMEOUT_S)
+            except WatcherError as stop_exc:
+                log.error("bluegreen.stop_failed", colour=idle.name, error=str(stop_exc))
             message = exc.message if isinstance(exc, StepFailed) else str(exc)
-            raise StepFailed("health", f"{idle.name} ({idle.program}) did not come up on the "
-                             f"new release, {live.name if live else 'nothing'} keeps "
-                             f"serving: {message}") from exc
+            raise SwapAbandoned(f"{idle.name} ({idle.program}) did not come up on the new "
+                                f"release, {live.name if live else 'nothing'} keeps serving: "
+                                f"{message}", serving=live.name if live else "") from exc
         log.info("bluegreen.healthy", colour=idle.name, seconds=round(took, 2))
         if live is not None:
-            self.sleep(self.settle)
+            time.sleep(self.settle)
             sup.stop(live.program, STOP_TIMEOUT_S)
             log.info("bluegreen.swapped", live=idle.name, stopped=live.name)
         return idle
-
-    def _abandon(self, sup: Supervisor, idle: Colour, live: Colour | None) -> None:
-        try:
-            sup.stop(idle.program, STOP_TIMEOUT_S)
-        except WatcherError as exc:
-            log.error("bluegreen.stop_failed", colour=idle.name, error=str(exc))
-        if live is not None:
-            self.keep = live.name
-            self.colour = live.name
 
     def check(self, colour: Colour, sha: str) -> float:
         """Health-check one colour on its own URL; seconds it took."""

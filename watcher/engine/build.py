@@ -1,18 +1,20 @@
 """Steps 4-9 of a deploy: everything that happens in the new release before the switch.
 
-Nothing here touches `current` or the running app, so any failure leaves the live release
-serving; the caller removes the half-built release.
+`Builder.run` walks the plan's steps of phase "before" after the source steps (shared, venv,
+check, migrate, collectstatic, pre_switch, and any step added to the table later) and calls
+the method named like each step. Nothing here touches `current` or the running app, so any
+failure leaves the live release serving; the caller removes the half-built release.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
 
 from watcher.config import Config
-from watcher.engine.plan import Plan
+from watcher.engine.plan import Plan, Step
 from watcher.engine.steps import StepLog
 from watcher.errors import StepFailed
 from watcher.parts import venvs
@@ -20,65 +22,66 @@ from watcher.parts.django_steps import Django, Inspection
 from watcher.parts.releases import Layout, hardlink_tree, link_shared
 
 log = structlog.get_logger()
-
-
-@dataclass
-class BuildResult:
-    migrations_applied: list[str] = field(default_factory=list)
-    venv_built: bool = False
+SOURCE = ("fetch", "export")  # run by the executor itself: the plan is made from them
 
 
 class Builder:
     def __init__(self, cfg: Config, layout: Layout, release: Path, plan: Plan,
-                 steps: StepLog, venv_digest: str) -> None:
+                 steps: StepLog, venv_digest: str, live_release: Path | None) -> None:
         self.cfg = cfg
         self.layout = layout
         self.release = release
         self.plan = plan
         self.steps = steps
         self.digest = venv_digest
+        self.live_release = live_release
         self.django = Django(cfg.django, release)
-        self.result = BuildResult()
+        self.inspection: Inspection | None = None
+        # Which pending migrations ran, also when migrate failed halfway (MySQL DDL is not
+        # transactional, so a failed migrate can leave the schema partly changed).
+        self.migrations_applied: list[str] = []
 
-    def run(self, live_release: Path | None) -> BuildResult:
-        cfg = self.cfg
-        if self.plan.action("shared"):
-            with self.steps.step("shared"):
-                link_shared(self.layout, self.release, cfg.build.shared)
-        with self.steps.step("venv", action=self.plan.action("venv")):
-            self.result.venv_built = venvs.ensure(
-                self.layout.venvs, self.digest, self.release, python=cfg.build.python,
-                requirements=cfg.build.requirements, pip_args=cfg.build.pip_args,
-                timeout=cfg.build.timeout,
-            )
+    def run(self) -> None:
+        dispatch: dict[str, Callable[[Step], None]] = {
+            "shared": self.shared, "venv": self.venv, "check": self.check,
+            "migrate": self.migrate, "collectstatic": self.collectstatic,
+            "pre_switch": self.pre_switch,
+        }
+        for step in self.plan.phase("before"):
+            if step.name not in SOURCE:
+                dispatch[step.name](step)
+
+    def shared(self, step: Step) -> None:
+        with self.steps.step("shared", step.reason):
+            link_shared(self.layout, self.release, self.cfg.build.shared)
+
+    def venv(self, step: Step) -> None:
+        build = self.cfg.build
+        with self.steps.step("venv", step.reason, action=step.action):
+            if step.action == "build":
+                venvs.build(self.layout.venvs, self.digest, self.release, python=build.python,
+                            requirements=build.requirements, pip_args=build.pip_args,
+                            timeout=build.timeout)
             venvs.link(self.release, self.digest)
-        with self.steps.step("check"):
-            inspection = self.django.inspect(gate=True)
-        self._migrate(inspection)
-        self._collectstatic(inspection, live_release)
-        for i, argv in enumerate(cfg.hooks.pre_switch):
-            with self.steps.step("pre_switch", hook=i):
-                self.django.hook(argv, "pre_switch", cfg.hooks.timeout)
-        return self.result
 
-    def _migrate(self, inspection: Inspection) -> None:
-        action = self.plan.action("migrate")
-        if action is None:
-            return
-        if action == "auto" and not inspection.pending:
+    def check(self, step: Step) -> None:
+        with self.steps.step("check", step.reason):
+            self.inspection = self.django.inspect(gate=True)
+
+    def migrate(self, step: Step) -> None:
+        pending = self.inspection.pending if self.inspection else ()
+        if step.action == "auto" and not pending:
             self.steps.skipped("migrate", "no pending migrations")
             return
         try:
-            with self.steps.step("migrate", pending=list(inspection.pending)):
+            with self.steps.step("migrate", step.reason, pending=list(pending)):
                 self.django.migrate()
         except StepFailed:
-            self.result.migrations_applied = self._applied_after_failure(inspection.pending)
+            self.migrations_applied = self._applied_after_failure(pending)
             raise
-        self.result.migrations_applied = list(inspection.pending)
+        self.migrations_applied = list(pending)
 
     def _applied_after_failure(self, pending: tuple[str, ...]) -> list[str]:
-        """Which of the pending migrations did run before the failure (MySQL DDL is not
-        transactional, so a failed migrate can leave the schema partly changed)."""
         try:
             still = set(self.django.inspect(step="migrate").pending)
         except StepFailed:
@@ -86,21 +89,24 @@ class Builder:
             return []
         return [m for m in pending if m not in still]
 
-    def _collectstatic(self, inspection: Inspection, live_release: Path | None) -> None:
-        action = self.plan.action("collectstatic")
-        if action is None:
-            return
-        if action == "carry":
-            target = inspection.static_dir_in(self.release)
+    def collectstatic(self, step: Step) -> None:
+        if step.action == "carry" and self.inspection is not None:
+            target = self.inspection.static_dir_in(self.release)
             if target is None:
                 self.steps.skipped("collectstatic", "no change, and nothing local to carry: "
                                    "remote static storage or STATIC_ROOT outside the release")
                 return
-            source = live_release / target.relative_to(self.release) if live_release else None
+            live = self.live_release
+            source = live / target.relative_to(self.release) if live else None
             if source is not None and source.is_dir():
-                with self.steps.step("collectstatic", action="carry"):
+                with self.steps.step("collectstatic", step.reason, action="carry"):
                     files = hardlink_tree(source, target)
                     log.info("collectstatic.carried", files=files)
                 return
-        with self.steps.step("collectstatic", action="run"):
+        with self.steps.step("collectstatic", step.reason, action="run"):
             self.django.collectstatic()
+
+    def pre_switch(self, step: Step) -> None:
+        for i, argv in enumerate(self.cfg.hooks.pre_switch):
+            with self.steps.step("pre_switch", step.reason if i == 0 else "", hook=i):
+                self.django.hook(argv, "pre_switch", self.cfg.hooks.timeout)

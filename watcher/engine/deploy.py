@@ -1,26 +1,25 @@
 """One check, and the deploy it may lead to: the executor of DESIGN §2.
 
-`Deployer.check_once` resolves the remote head, and when it moved builds the release
-(`build.py`), goes live (`switching.py`), rolls back by itself on any failure after the
-switch, records the outcome in state.json and reports it.
+`Deployer.check_once` resolves the remote head; when it moved, `deploy` runs the plan
+(`plan.py`) step by step: the source steps here, the build (`build.py`), going live
+(`golive.py`), then the steps after health. Any failure after the switch rolls back by
+itself. Every outcome is recorded by the journal (`journal.py`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import structlog
 
 from watcher.config import Config
-from watcher.engine.build import Builder, BuildResult
-from watcher.engine.golive import Switcher, connect
-from watcher.engine.journal import Recorder, Run
-from watcher.engine.plan import PlanInput, make_plan
+from watcher.engine.build import Builder
+from watcher.engine.golive import GoLiveFailed, Switcher
+from watcher.engine.journal import Journal, Outcome, Run
+from watcher.engine.plan import Plan, PlanInput, Step, go_live_steps, make_plan, source_steps
 from watcher.engine.recovery import recover
-from watcher.engine.steps import StepLog
 from watcher.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -35,32 +34,21 @@ from watcher.parts import lock, releases, runner, venvs
 from watcher.parts.django_steps import Django
 from watcher.parts.gitsource import GitSource
 from watcher.parts.releases import Layout
-from watcher.parts.state import ReleaseRecord, State, StateFile, iso_utc
-from watcher.parts.supervisor_rpc import Supervisor
+from watcher.parts.state import ReleaseRecord, State, StateFile
+
+__all__ = ["Deployer", "Outcome"]
 
 log = structlog.get_logger()
 
 
-@dataclass(frozen=True)
-class Outcome:
-    outcome: str  # succeeded | failed | rolled_back | rollback_failed | unchanged | known_bad
-    exit_code: int
-    sha: str | None
-    release: str | None
-    message: str = ""
-    duration_s: float = 0.0
-
-
 class Deployer:
-    def __init__(self, cfg: Config, *,
-                 supervisor_factory: Callable[[Config], Supervisor] = connect,
-                 recorder: Recorder | None = None) -> None:
+    def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.layout = Layout(cfg.app.root)
         self.git = GitSource(cfg.git, self.layout.repo)
         self.state_file = StateFile(self.layout.state_dir / "state.json")
-        self.switcher = Switcher(cfg, self.layout, supervisor_factory)
-        self.recorder = recorder or Recorder(cfg, self.layout)
+        self.switcher = Switcher(cfg, self.layout)
+        self.journal = Journal(cfg, self.layout, self.state_file)
 
     @property
     def lock_path(self) -> Path:
@@ -73,7 +61,7 @@ class Deployer:
         with lock.acquire(self.lock_path, wait=lock_wait), \
                 runner.tracking_children(self.layout.state_dir / "children"):
             state = self.state_file.load()
-            self.recover(state)
+            recover(self.cfg, self.layout, self.switcher, self.journal, state)
             yield state
 
     # -- entry points ------------------------------------------------------------------
@@ -83,15 +71,15 @@ class Deployer:
             try:
                 head = self.git.remote_head()
             except TransientError as exc:
-                self._last_check(state, "transient", error=str(exc))
+                self.journal.last_check(state, "transient", error=str(exc))
                 raise
             live = state.live_record()
             if live is not None and live.sha == head:
-                self._last_check(state, "unchanged", head)
+                self.journal.last_check(state, "unchanged", head)
                 log.info("check.unchanged", sha=head[:12], release=live.name)
                 return Outcome("unchanged", EXIT_OK, head, live.name, "already up to date")
             if state.is_bad(head):
-                self._last_check(state, "known_bad", head)
+                self.journal.last_check(state, "known_bad", head)
                 bad = state.bad[head]
                 msg = (f"commit {head[:12]} failed before at step {bad.get('step')}; not "
                        f"retried until the branch moves (`watcher deploy {head[:12]}` forces it)")
@@ -124,104 +112,109 @@ class Deployer:
 
     # -- the deploy --------------------------------------------------------------------
     def deploy(self, state: State, sha: str) -> Outcome:
-        steps = StepLog()
-        run = self.recorder.start("deploy", state, sha, steps)
+        run = self.journal.open("deploy", state, sha)
         live = state.live_record()
         name = releases.release_name(sha)
         release = self.layout.release(name)
-        log.info("deploy.start", sha=sha[:12], release=name,
-                 live=live.name if live else None)
-        built = BuildResult()
+        log.info("deploy.start", sha=sha[:12], release=name, live=live.name if live else None)
+        builder: Builder | None = None
         try:
-            with steps.step("fetch"):
-                if not self.git.has(sha):
-                    self.git.fetch()
-                if not self.git.has(sha):
-                    raise GitError(f"commit {sha[:12]} is not on branch {self.cfg.git.branch}")
-            with steps.step("export"):
-                self.git.export(sha, release)
-            run.commits = self.git.commits(live.sha if live else None, sha)
-            changed = self.git.changed_paths(live.sha, sha) if live else None
-            digest = venvs.venv_hash(release, self.cfg.build.requirements, self.cfg.build.python)
-            plan = make_plan(PlanInput(
-                live_sha=live.sha if live else None, live_venv=live.venv if live else None,
-                target_sha=sha, target_venv=digest,
-                venv_ready=venvs.is_complete(self.layout.venvs, digest), changed=changed,
-            ), self.cfg)
-            log.info("deploy.plan", steps=[f"{s.name}:{s.action}" for s in plan.steps])
-            builder = Builder(self.cfg, self.layout, release, plan, steps, digest)
-            built = builder.result
-            builder.run(self.layout.release(live.name) if live else None)
+            plan, digest = self._source(run, sha, live, release)
+            log.info("deploy.plan", steps=[f"{s.name}:{s.action}" for s in plan.steps],
+                     reasons={s.name: s.reason for s in plan.steps})
+            builder = Builder(self.cfg, self.layout, release, plan, run.steps, digest,
+                              self.layout.release(live.name) if live else None)
+            builder.run()
         except (TransientError, Interrupted):
             # Not the commit's fault: nothing is marked bad, the next check tries again.
             releases.remove(release)
-            self._last_check(state, "transient", sha)
+            self.journal.last_check(state, "transient", sha)
             raise
         except StepFailed as exc:
             releases.remove(release)
-            run.migrations = built.migrations_applied
+            run.migrations = builder.migrations_applied if builder else []
             state.mark_bad(sha, exc.step, exc.message)
-            return self._finish(state, run, "failed", EXIT_FAILED, name, exc)
-        run.migrations = built.migrations_applied
-        mode = plan.action("reload") or "hup"
-        self.switcher.colour = live.colour if live else ""  # blue/green: the recorded colour
+            return self.journal.close(state, run, "failed", EXIT_FAILED, name, exc)
+        run.migrations = builder.migrations_applied
         try:  # supervisord unreachable: transient (exit 3) before anything is switched
             self.switcher.ensure_reachable()
         except TransientError:
             releases.remove(release)
-            self._last_check(state, "transient", sha)
+            self.journal.last_check(state, "transient", sha)
             raise
+        colour = live.colour if live else ""
         try:
-            self.switcher.go_live(name, sha, mode, steps)
-        except WatcherError as exc:
-            failure = exc if isinstance(exc, StepFailed) else StepFailed("reload", str(exc))
-            state.mark_bad(sha, failure.step, failure.message)
-            return self._roll_back(state, run, live, mode, name, failure)
-        state.releases[name] = ReleaseRecord(name=name, sha=sha, venv=digest,
-                                             colour=self.switcher.colour)
-        state.live = name
-        # The new release is live and healthy: record it, with its history entry and a report
-        # in the spool, before the hooks and pruning. Crash point: a kill after this save
-        # leaves the release recorded live and a report (without those last steps) that the
-        # next flush delivers; _finish below replaces both with the complete ones.
-        placeholder = self.recorder.finish(run, "succeeded", name, None, announce=False)
-        state.add_history(self.recorder.history_entry(placeholder))
-        self.state_file.save(state)
-        held = self.recorder.hold(placeholder)
-        self._after_switch(state, steps)
-        return self._finish(state, run, "succeeded", EXIT_OK, name, None, held)
+            colour = self.switcher.go_live(name, sha, plan.phase("go_live"), run.steps,
+                                           colour=colour)
+        except GoLiveFailed as exc:
+            state.mark_bad(sha, exc.step, exc.message)
+            return self._roll_back(state, run, live, plan, name, exc)
+        self.journal.went_live(state, run, ReleaseRecord(
+            name=name, sha=sha, venv=builder.digest, colour=colour))
+        self._after(state, plan.phase("after"), run)
+        return self.journal.close(state, run, "succeeded", EXIT_OK, name, None)
 
-    def _roll_back(self, state: State, run: Run, live: ReleaseRecord | None, mode: str,
-                   failed: str, exc: StepFailed) -> Outcome:
+    def _source(self, run: Run, sha: str, live: ReleaseRecord | None,
+                release: Path) -> tuple[Plan, str]:
+        """The source steps (fetch, export), then the whole plan, made from their result,
+        and the new release's venv hash."""
+        fetch, export = source_steps(self.git.has(sha))
+        with run.steps.step("fetch", fetch.reason, action=fetch.action):
+            if fetch.action == "run":
+                self.git.fetch()
+            if not self.git.has(sha):
+                raise GitError(f"commit {sha[:12]} is not on branch {self.cfg.git.branch}")
+        with run.steps.step("export", export.reason, action=export.action):
+            self.git.export(sha, release)
+        run.commits = self.git.commits(live.sha if live else None, sha)
+        digest = venvs.venv_hash(release, self.cfg.build.requirements, self.cfg.build.python)
+        return make_plan(PlanInput(
+            live_sha=live.sha if live else None, live_venv=live.venv if live else None,
+            target_sha=sha, target_venv=digest,
+            venv_ready=venvs.is_complete(self.layout.venvs, digest),
+            changed=self.git.changed_paths(live.sha, sha) if live else None,
+            have_commit=fetch.action == "skip",
+        ), self.cfg), digest
+
+    def _roll_back(self, state: State, run: Run, live: ReleaseRecord | None, plan: Plan,
+                   failed: str, exc: GoLiveFailed) -> Outcome:
         """Any failure after the switch: the previous release back, reloaded the same way."""
         if live is None or not self.layout.release(live.name).is_dir():
             log.error("rollback.impossible", reason="no previous release")
-            return self._finish(state, run, "rollback_failed", EXIT_ROLLBACK_FAILED, failed, exc)
+            return self.journal.close(state, run, "rollback_failed", EXIT_ROLLBACK_FAILED,
+                                      failed, exc)
         log.warning("rollback.start", to=live.name, reason=str(exc))
+        step = plan.step("reload")
+        back = go_live_steps(self.cfg, plan.reload_mode,
+                             f"back the same way: {step.reason if step else ''}")
         try:
-            self.switcher.go_live(live.name, live.sha, mode, run.steps, prefix="rollback_")
+            live.colour = self.switcher.go_live(live.name, live.sha, back, run.steps,
+                                                colour=exc.colour, keep=exc.kept,
+                                                prefix="rollback_")
         except WatcherError as rexc:
             log.error("rollback.failed", error=str(rexc))
-            return self._finish(state, run, "rollback_failed", EXIT_ROLLBACK_FAILED, failed, exc)
-        live.colour = self.switcher.colour  # blue/green: the colour serving it now
+            return self.journal.close(state, run, "rollback_failed", EXIT_ROLLBACK_FAILED,
+                                      failed, exc)
         releases.remove(self.layout.release(failed))
-        return self._finish(state, run, "rolled_back", EXIT_FAILED, live.name, exc)
+        return self.journal.close(state, run, "rolled_back", EXIT_FAILED, live.name, exc)
 
-    def _after_switch(self, state: State, steps: StepLog) -> None:
+    def _after(self, state: State, plan: tuple[Step, ...], run: Run) -> None:
         """Step 13: post_switch hooks and pruning; failures are logged, the deploy stays."""
         live = state.live_record()
         if live is None:
             return
-        release = self.layout.release(live.name)
-        django = Django(self.cfg.django, release)
-        for i, argv in enumerate(self.cfg.hooks.post_switch):
-            try:
-                with steps.step("post_switch", hook=i):
-                    django.hook(argv, "post_switch", self.cfg.hooks.timeout)
-            except WatcherError as exc:
-                log.warning("post_switch.failed", error=str(exc))
-        with steps.step("prune"):
-            self.prune(state)
+        for step in plan:
+            if step.name == "post_switch":
+                django = Django(self.cfg.django, self.layout.release(live.name))
+                for i, argv in enumerate(self.cfg.hooks.post_switch):
+                    try:
+                        with run.steps.step("post_switch", step.reason, hook=i):
+                            django.hook(argv, "post_switch", self.cfg.hooks.timeout)
+                    except WatcherError as exc:
+                        log.warning("post_switch.failed", error=str(exc))
+            elif step.name == "prune":
+                with run.steps.step("prune", step.reason):
+                    self.prune(state)
 
     def prune(self, state: State) -> None:
         existing = set(self.layout.names())
@@ -232,29 +225,3 @@ class Deployer:
         state.forget_missing(existing)
         venvs.prune(self.layout.venvs,
                     [venvs.linked_hash(self.layout.release(n)) for n in existing])
-
-    # -- bookkeeping -------------------------------------------------------------------
-    def _finish(self, state: State, run: Run, outcome: str, code: int,
-                release: str | None, exc: StepFailed | None,
-                held: Path | None = None) -> Outcome:
-        report = self.recorder.finish(run, outcome, release, exc)
-        entry = self.recorder.history_entry(report)
-        if state.history and state.history[-1].get("id") == report.id:
-            state.history[-1] = entry  # the placeholder written when the release went live
-        else:
-            state.add_history(entry)
-        self._last_check(state, "deployed" if outcome == "succeeded" else "failed", run.to_sha)
-        self.recorder.send(report, replace=held)
-        message = str(exc) if exc else ""
-        return Outcome(outcome, code, run.to_sha, release, message, report.duration_s)
-
-    def _last_check(self, state: State, result: str, sha: str | None = None,
-                    error: str = "") -> None:
-        state.last_check = {"at": iso_utc(), "result": result, "remote_sha": sha,
-                            "error": error}
-        self.state_file.save(state)
-
-    def recover(self, state: State) -> None:
-        """Clean up after a watcher killed mid-deploy (the lock is ours now)."""
-        recover(self.layout, self.state_file, self.switcher, state)
-

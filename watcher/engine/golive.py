@@ -1,20 +1,24 @@
 """Going live: switch `current`, reload the app over Supervisord, health-check it.
 
 Used by a deploy, by its automatic rollback, by `watcher rollback` and by the recovery of an
-interrupted deploy, so all of them switch and reload the same way.
+interrupted deploy, so all of them switch and reload the same way. The blue/green colour is a
+value: the caller passes the colour it knows to be live and gets back the one serving now.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
+from typing import cast
 
 import structlog
 
 from watcher.config import Config, read_secret
-from watcher.engine.bluegreen import BlueGreen
+from watcher.engine.bluegreen import BlueGreen, SwapAbandoned
+from watcher.engine.plan import Step
 from watcher.engine.steps import StepLog
-from watcher.errors import TransientError, WatcherError
+from watcher.errors import StepFailed, TransientError, WatcherError
+from watcher.kinds import ReloadMode
 from watcher.log import register_secret
 from watcher.parts import releases
 from watcher.parts.health import wait_healthy
@@ -32,27 +36,14 @@ def connect(cfg: Config) -> Supervisor:
 
 
 class Switcher:
-    def __init__(self, cfg: Config, layout: Layout,
-                 supervisor_factory: Callable[[Config], Supervisor] = connect) -> None:
+    def __init__(self, cfg: Config, layout: Layout) -> None:
         self.cfg = cfg
         self.layout = layout
-        self.factory = supervisor_factory
         self.bluegreen = BlueGreen(cfg) if cfg.bluegreen is not None else None
-
-    @property
-    def colour(self) -> str:
-        """The live blue/green colour ("" without [bluegreen], or unknown: then Supervisord
-        is asked). Set from state.json before going live; read after to record it."""
-        return self.bluegreen.colour if self.bluegreen is not None else ""
-
-    @colour.setter
-    def colour(self, value: str) -> None:
-        if self.bluegreen is not None:
-            self.bluegreen.colour = value
 
     @contextlib.contextmanager
     def supervisor(self) -> Iterator[Supervisor]:
-        sup = self.factory(self.cfg)
+        sup = connect(self.cfg)
         try:
             yield sup
         finally:
@@ -70,26 +61,28 @@ class Switcher:
         except WatcherError:
             pass  # it answered with a fault, or a setting is wrong: the reload step says so
 
-    def reload(self, mode: str, sha: str = "") -> None:
+    def reload(self, mode: ReloadMode, sha: str, colour: str, keep: str = "") -> str:
         """HUP (code only), or stop+start (new venv) every program; wait for RUNNING.
 
         With [bluegreen] the colours go first: `hup` HUPs the live one, any other mode
         (`restart`, `bluegreen`) swaps them, health-checking the new one for `sha` before the
-        old one stops. `supervisor.programs` (workers) are then reloaded as without it.
+        old one stops. `supervisor.programs` are then reloaded as without it. Returns the
+        colour serving now ("" without [bluegreen]); `colour` is the one live before.
         """
         rpc_mode = "hup" if mode == "hup" else "restart"
         programs = list(self.cfg.supervisor.programs)
         with self.supervisor() as sup:
             if self.bluegreen is not None:
-                colour = self.bluegreen.reload(sup, mode, sha)
+                colour = self.bluegreen.reload(sup, mode, sha, colour, keep)
                 log.info("reload.done", colour=colour, mode=mode)
             for program in programs:
                 info = sup.reload(program, rpc_mode, self.cfg.supervisor.start_timeout)
                 log.info("reload.done", program=program, mode=rpc_mode, pid=info.pid)
+        return colour if self.bluegreen is not None else ""
 
-    def health(self, sha: str) -> None:
+    def health(self, sha: str, colour: str) -> None:
         bg = self.bluegreen
-        live = bg.by_name(bg.colour) if bg is not None else None
+        live = bg.by_name(colour) if bg is not None else None
         if bg is not None and live is not None:
             took = bg.check(live, sha)
             log.info("health.ok", url=live.health_url, colour=live.name, seconds=round(took, 2))
@@ -101,11 +94,36 @@ class Switcher:
                             interval=self.cfg.health.interval)
         log.info("health.ok", url=url, seconds=round(took, 2))
 
-    def go_live(self, name: str, sha: str, mode: str, steps: StepLog, prefix: str = "") -> None:
-        with steps.step(f"{prefix}switch", release=name):
-            releases.switch(self.layout, name)
-        with steps.step(f"{prefix}reload", mode=mode):
-            self.reload(mode, sha)
-        if self.cfg.health.url or self.bluegreen is not None:
-            with steps.step(f"{prefix}health"):
-                self.health(sha)
+    def go_live(self, name: str, sha: str, plan: Sequence[Step], steps: StepLog, *,
+                colour: str, keep: str = "", prefix: str = "") -> str:
+        """Run the go-live steps of a plan (`plan.go_live_steps`: switch, reload, health) for
+        release `name`, logged under `prefix` on the rollback and recovery paths. `colour` is
+        the blue/green colour live before; returns the one serving now ("" without it).
+        Raises GoLiveFailed, which carries the colour serving at the failure."""
+        try:
+            for step in plan:
+                with steps.step(f"{prefix}{step.name}", step.reason, action=step.action,
+                                release=name):
+                    if step.name == "switch":
+                        releases.switch(self.layout, name)
+                    elif step.name == "reload":
+                        colour = self.reload(cast(ReloadMode, step.action), sha, colour, keep)
+                    elif step.name == "health":
+                        self.health(sha, colour)
+        except WatcherError as exc:
+            raise GoLiveFailed(exc, colour if self.bluegreen is not None else "") from exc
+        return colour if self.bluegreen is not None else ""
+
+
+class GoLiveFailed(StepFailed):
+    """A go-live step failed. `colour`: the blue/green colour serving at that moment;
+    `kept`: the colour a failed swap left serving the previous release, untouched (going
+    back to that release then needs no restart)."""
+
+    def __init__(self, exc: WatcherError, colour: str) -> None:
+        if isinstance(exc, StepFailed):
+            super().__init__(exc.step, exc.message, exc.output_tail, timed_out=exc.timed_out)
+        else:
+            super().__init__("reload", str(exc))
+        self.kept = exc.serving if isinstance(exc, SwapAbandoned) else ""
+        self.colour = self.kept or colour

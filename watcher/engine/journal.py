@@ -1,4 +1,16 @@
-"""The record of one deploy or rollback: the report of DESIGN §7, the history entry, delivery."""
+"""The one owner of outcomes: every deploy, automatic rollback, manual rollback and
+recovery records what happened here, in the same order of writes.
+
+A run is `open`ed, may go `went_live` (the release recorded live in state.json, with its
+history entry and a placeholder report in the spool), and is `close`d exactly once (the final
+report replaces the placeholder in history and spool, and is delivered). Checks that deploy
+nothing only write `last_check`.
+
+Crash points: a kill before `went_live` leaves state.json as it was (recovery then cleans the
+release up, or switches `current` back); a kill between `went_live` and `close` leaves the
+release recorded live with its history entry and a report in the spool (without the steps
+after it) that the next flush delivers; `close` replaces both with the complete ones.
+"""
 
 from __future__ import annotations
 
@@ -11,20 +23,34 @@ import structlog
 
 from watcher import __version__
 from watcher.config import Config
+from watcher.delivery.http import Reporter, ReportTarget
 from watcher.delivery.mail import EmailNotifier, enabled
-from watcher.delivery.report import Commit, ErrorInfo, Report, Reporter, ReportTarget, new_report_id
+from watcher.delivery.record import Commit, ErrorInfo, Report, new_report_id
 from watcher.engine.steps import StepLog
 from watcher.errors import StepFailed
+from watcher.kinds import CheckOutcome, DeployOutcome, Event
 from watcher.log import scrub
 from watcher.parts.releases import Layout
-from watcher.parts.state import State
+from watcher.parts.state import ReleaseRecord, State, StateFile, iso_utc
 
 log = structlog.get_logger()
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What one check, deploy or rollback came to, for the CLI's exit code and the daemon."""
+
+    outcome: CheckOutcome
+    exit_code: int
+    sha: str | None
+    release: str | None
+    message: str = ""
+    duration_s: float = 0.0
+
+
 @dataclass
 class Run:
-    event: str
+    event: Event
     from_sha: str | None
     to_sha: str
     steps: StepLog
@@ -32,12 +58,13 @@ class Run:
     id: str = field(default_factory=new_report_id)
     commits: list[Commit] = field(default_factory=list)
     migrations: list[str] = field(default_factory=list)
+    held: Path | None = None  # the placeholder report spooled by went_live
 
 
-class Recorder:
-    def __init__(self, cfg: Config, layout: Layout) -> None:
+class Journal:
+    def __init__(self, cfg: Config, layout: Layout, state_file: StateFile) -> None:
         self.cfg = cfg
-        self.layout = layout
+        self.state_file = state_file
         self.reporter: Reporter | None = None
         if cfg.report.url:
             target = ReportTarget(url=cfg.report.url, token_file=cfg.report.token_file,
@@ -49,12 +76,57 @@ class Recorder:
             self.emailer = EmailNotifier(cfg.email, layout.state_dir / "spool-email",
                                          str(cfg.path))
 
-    def start(self, event: str, state: State, to_sha: str, steps: StepLog) -> Run:
+    def open(self, event: Event, state: State, to_sha: str) -> Run:
         live = state.live_record()
-        return Run(event=event, from_sha=live.sha if live else None, to_sha=to_sha, steps=steps)
+        return Run(event=event, from_sha=live.sha if live else None, to_sha=to_sha,
+                   steps=StepLog())
 
-    def finish(self, run: Run, outcome: str, release: str | None,
-               exc: StepFailed | None, *, announce: bool = True) -> Report:
+    def went_live(self, state: State, run: Run, record: ReleaseRecord) -> None:
+        """`record` is live and healthy: record it, with its history entry and a report in
+        the spool, before anything else runs (hooks, pruning). See the crash points above."""
+        state.releases[record.name] = record
+        state.live = record.name
+        placeholder = self._report(run, "succeeded", record.name, None)
+        state.add_history(_history_entry(placeholder))
+        self.state_file.save(state)
+        if self.reporter is not None:
+            run.held = self.reporter.hold(placeholder)
+
+    def close(self, state: State, run: Run, outcome: DeployOutcome, code: int,
+              release: str | None, exc: StepFailed | None) -> Outcome:
+        """The final record of `run`: history, last_check, the report delivered (or spooled)
+        and mailed when `notify.email.on` wants it. Never raises for delivery."""
+        report = self._report(run, outcome, release, exc)
+        level = log.info if outcome == "succeeded" else log.error
+        level("deploy.finished", run=run.event, outcome=outcome, sha=run.to_sha[:12],
+              release=release, duration_s=report.duration_s,
+              error=report.error.message if report.error else None)
+        entry = _history_entry(report)
+        if state.history and state.history[-1].get("id") == report.id:
+            state.history[-1] = entry  # the placeholder written by went_live
+        else:
+            state.add_history(entry)
+        self.last_check(state, "deployed" if outcome == "succeeded" else "failed", run.to_sha)
+        if self.reporter is not None:
+            self.reporter.send(report, run.held)
+        if self.emailer is not None:
+            self.emailer.send(report)
+        return Outcome(outcome, code, run.to_sha, release, str(exc) if exc else "",
+                       report.duration_s)
+
+    def last_check(self, state: State, result: str, sha: str | None = None,
+                   error: str = "") -> None:
+        state.last_check = {"at": iso_utc(), "result": result, "remote_sha": sha,
+                            "error": error}
+        self.state_file.save(state)
+
+    def flush(self) -> int:
+        """Re-send spooled reports and mails; how many went out."""
+        sent = self.reporter.flush() if self.reporter is not None else 0
+        return sent + (self.emailer.flush() if self.emailer is not None else 0)
+
+    def _report(self, run: Run, outcome: DeployOutcome, release: str | None,
+                exc: StepFailed | None) -> Report:
         finished = time.time()
         error = None
         if exc is not None:
@@ -63,7 +135,7 @@ class Recorder:
                 message += (f"; migrations applied before the failure: "
                             f"{', '.join(run.migrations)} (the schema may be partly changed)")
             error = ErrorInfo(step=exc.step, message=message, output_tail=scrub(exc.output_tail))
-        report = Report(
+        return Report(
             id=run.id, app=self.cfg.app.name, host=socket.gethostname(), event=run.event,
             outcome=outcome, from_sha=run.from_sha, to_sha=run.to_sha, release=release,
             started_at=_iso(run.started), finished_at=_iso(finished),
@@ -71,34 +143,12 @@ class Recorder:
             error=error, commits=tuple(run.commits), migrations_applied=tuple(run.migrations),
             watcher_version=__version__,
         )
-        if not announce:  # a placeholder (Recorder.hold): the final report is still to come
-            return report
-        level = log.info if outcome == "succeeded" else log.error
-        level("deploy.finished", outcome=outcome, sha=run.to_sha[:12], release=release,
-              duration_s=report.duration_s, error=error.message if error else None)
-        return report
 
-    def history_entry(self, report: Report) -> dict[str, object]:
-        doc = report.to_dict()
-        doc.pop("commits", None)
-        return doc
 
-    def hold(self, report: Report) -> Path | None:
-        """A placeholder of the report in the spool (see Reporter.hold)."""
-        return self.reporter.hold(report) if self.reporter is not None else None
-
-    def send(self, report: Report, replace: Path | None = None) -> None:
-        """To the logging API and, for the outcomes in notify.email.on, by mail; both spool
-        what they cannot deliver and never raise."""
-        if self.reporter is not None:
-            self.reporter.send(report, replace)
-        if self.emailer is not None:
-            self.emailer.send(report)
-
-    def flush(self) -> int:
-        """Re-send spooled reports and mails; how many went out."""
-        sent = self.reporter.flush() if self.reporter is not None else 0
-        return sent + (self.emailer.flush() if self.emailer is not None else 0)
+def _history_entry(report: Report) -> dict[str, object]:
+    doc = report.to_dict()
+    doc.pop("commits", None)
+    return doc
 
 
 def _iso(ts: float) -> str:

@@ -1,15 +1,23 @@
 """The pure planner: (live release, target commit, changed paths, config) -> the deploy's steps.
 
 No I/O here: every fact the plan needs is in `PlanInput`, so plans are tested with tables.
-The executor (`deploy.py`) runs the steps in order and reads each step's `action`.
+The plan is the executor's only script: `deploy.py` runs its steps in order, dispatching on
+each step's kind (`steps.TABLE`) and reading its `action`; each step's `reason` is logged.
+The source steps (fetch, export) come first and are planned from what the mirror holds
+(`source_steps`), since the rest of the plan needs the exported release's requirements.
+`reload_mode` is the one place that decides how the app reloads: deploys, automatic and
+manual rollbacks, and recovery all ask it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import cast
 
 from watcher.config import Config
+from watcher.engine.steps import KINDS, Phase
+from watcher.kinds import ReloadMode, StepName
 
 STATIC_SUFFIXES = frozenset({
     ".css", ".js", ".mjs", ".map", ".png", ".jpg", ".jpeg", ".gif", ".svg", ".ico", ".webp",
@@ -25,11 +33,12 @@ class PlanInput:
     target_venv: str  # hash of the new release's requirements + interpreter
     venv_ready: bool  # venvs/<target_venv> is complete already
     changed: frozenset[str] | None  # None when unknown (first deploy, history rewritten)
+    have_commit: bool = True  # the mirror held the commit before this deploy (no fetch)
 
 
 @dataclass(frozen=True)
 class Step:
-    name: str
+    name: StepName
     action: str
     reason: str
 
@@ -38,19 +47,35 @@ class Step:
 class Plan:
     steps: tuple[Step, ...]
 
+    def step(self, name: str) -> Step | None:
+        return next((s for s in self.steps if s.name == name), None)
+
     def action(self, name: str) -> str | None:
-        for step in self.steps:
-            if step.name == name:
-                return step.action
-        return None
+        step = self.step(name)
+        return step.action if step is not None else None
+
+    def phase(self, phase: Phase) -> tuple[Step, ...]:
+        """The steps of one phase of the table (`steps.TABLE`), in order."""
+        return tuple(s for s in self.steps if KINDS[s.name].phase == phase)
 
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(s.name for s in self.steps)
 
+    @property
+    def reload_mode(self) -> ReloadMode:
+        return cast(ReloadMode, self.action("reload") or "hup")
+
+
+def source_steps(have_commit: bool) -> tuple[Step, ...]:
+    """Fetch (when the mirror lacks the commit) and export: what the rest is planned from."""
+    fetch = (Step("fetch", "skip", "commit already in the mirror") if have_commit
+             else Step("fetch", "run", "commit not in the mirror yet"))
+    return fetch, Step("export", "full", "a full export of the commit")
+
 
 def make_plan(inp: PlanInput, cfg: Config) -> Plan:
-    steps: list[Step] = []
+    steps: list[Step] = list(source_steps(inp.have_commit))
     if cfg.build.shared:
         steps.append(Step("shared", "link", f"{len(cfg.build.shared)} shared path(s)"))
     steps.append(_venv(inp))
@@ -63,10 +88,9 @@ def make_plan(inp: PlanInput, cfg: Config) -> Plan:
         steps.append(collect)
     if cfg.hooks.pre_switch:
         steps.append(Step("pre_switch", "run", f"{len(cfg.hooks.pre_switch)} hook(s)"))
-    steps.append(Step("switch", "run", "current -> new release"))
-    steps.append(_reload(inp, cfg))
-    if cfg.health.url or cfg.bluegreen is not None:
-        steps.append(Step("health", "run", cfg.health.url or "blue/green health URL"))
+    mode, why = reload_mode(cfg, live_venv=inp.live_venv if inp.live_sha else None,
+                            target_venv=inp.target_venv)
+    steps.extend(go_live_steps(cfg, mode, why))
     if cfg.hooks.post_switch:
         steps.append(Step("post_switch", "run", f"{len(cfg.hooks.post_switch)} hook(s)"))
     steps.append(Step("prune", "run", f"keep {cfg.app.keep_releases} releases"))
@@ -122,14 +146,28 @@ def _static_reason(changed: frozenset[str], cfg: Config) -> str | None:
     return None
 
 
-def _reload(inp: PlanInput, cfg: Config) -> Step:
+def go_live_steps(cfg: Config, mode: ReloadMode, why: str) -> tuple[Step, ...]:
+    """Switch, reload and health: how a deploy, a rollback (automatic or by hand) and the
+    recovery of an interrupted deploy all put a release live."""
+    steps = [Step("switch", "run", "current -> the release"), Step("reload", mode, why)]
+    if cfg.health.url or cfg.bluegreen is not None:
+        steps.append(Step("health", "run", "health URL" if cfg.health.url
+                          else "blue/green health URLs"))
+    return tuple(steps)
+
+
+def reload_mode(cfg: Config, *, live_venv: str | None,
+                target_venv: str) -> tuple[ReloadMode, str]:
+    """How to reload the app when `target_venv` replaces `live_venv` (None: nothing runs
+    yet), with the reason. HUP keeps the master and its interpreter, so a new venv needs the
+    programs started afresh: the idle blue/green colour when there is one."""
     mode = cfg.supervisor.reload
     if mode != "auto":
-        return Step("reload", mode, f"supervisor.reload = {mode}")
-    if inp.live_sha is None:
-        return Step("reload", "restart", "first deploy: start the programs")
-    if venv_changed(inp):
+        return cast(ReloadMode, mode), f"supervisor.reload = {mode}"  # checked at load
+    if live_venv is None:
+        return "restart", "first deploy: start the programs"
+    if live_venv != target_venv:
         if cfg.bluegreen is not None:
-            return Step("reload", "bluegreen", "venv changed: start the idle colour")
-        return Step("reload", "restart", "venv changed: workers need the new interpreter")
-    return Step("reload", "hup", "code only: graceful worker reload")
+            return "bluegreen", "venv changed: start the idle colour"
+        return "restart", "venv changed: workers need the new interpreter"
+    return "hup", "code only: graceful worker reload"

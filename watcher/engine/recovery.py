@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import structlog
 
-from watcher.engine.golive import Switcher
+from watcher.config import Config
+from watcher.engine.golive import GoLiveFailed, Switcher
+from watcher.engine.journal import Journal
+from watcher.engine.plan import go_live_steps, reload_mode
 from watcher.engine.steps import StepLog
-from watcher.errors import WatcherError
 from watcher.parts import releases, runner, venvs
 from watcher.parts.releases import Layout
-from watcher.parts.state import State, StateFile
+from watcher.parts.state import State
 
 log = structlog.get_logger()
 
 
-def recover(layout: Layout, state_file: StateFile, switcher: Switcher, state: State) -> None:
+def recover(cfg: Config, layout: Layout, switcher: Switcher, journal: Journal,
+            state: State) -> None:
     # A watcher killed with SIGKILL leaves its children (pip, migrate, a hook) running in
     # their own sessions, still writing into a release or venv: end them first.
     for pid in runner.reap_orphans(layout.state_dir / "children"):
@@ -28,6 +31,7 @@ def recover(layout: Layout, state_file: StateFile, switcher: Switcher, state: St
     for stray in layout.root.glob(".current-*"):
         stray.unlink(missing_ok=True)
     # A kill inside StateFile.save leaves its temp file, named by the dead pid: never reused.
+    state_file = journal.state_file
     for stray in state_file.path.parent.glob(f"{state_file.path.name}.tmp-*"):
         stray.unlink(missing_ok=True)
     linked = layout.live()
@@ -35,14 +39,13 @@ def recover(layout: Layout, state_file: StateFile, switcher: Switcher, state: St
     if live is not None and linked != live.name and layout.release(live.name).is_dir():
         log.warning("recover.switch_back", found=linked, live=live.name)
         other = layout.release(linked) if linked else None
-        same_venv = other is not None and venvs.linked_hash(other) == live.venv
-        steps = StepLog()
-        switcher.colour = live.colour  # blue/green: restart means swap
+        mode, why = reload_mode(cfg, live_venv=venvs.linked_hash(other) if other else "",
+                                target_venv=live.venv)
         try:
-            switcher.go_live(live.name, live.sha, "hup" if same_venv else "restart",
-                                  steps, prefix="recover_")
-            live.colour = switcher.colour
-        except WatcherError as exc:
+            live.colour = switcher.go_live(live.name, live.sha, go_live_steps(cfg, mode, why),
+                                           StepLog(), colour=live.colour, prefix="recover_")
+            state_file.save(state)
+        except GoLiveFailed as exc:
             log.error("recover.failed", error=str(exc))
         linked = live.name
     known = set(state.releases) | ({linked} if linked else set())

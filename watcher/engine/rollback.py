@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import structlog
 
-from watcher.engine.deploy import Deployer, Outcome
-from watcher.engine.steps import StepLog
+from watcher.engine.deploy import Deployer
+from watcher.engine.golive import GoLiveFailed
+from watcher.engine.journal import Outcome
+from watcher.engine.plan import go_live_steps, reload_mode
 from watcher.errors import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_ROLLBACK_FAILED,
-    StepFailed,
     UsageError,
     WatcherError,
 )
-from watcher.parts import venvs
+from watcher.kinds import DeployOutcome
 from watcher.parts.state import ReleaseRecord, State
 
 log = structlog.get_logger()
@@ -23,48 +24,43 @@ log = structlog.get_logger()
 def rollback(deployer: Deployer, target: str | None = None, lock_wait: float = 0.0) -> Outcome:
     """Switch, reload and health-check an older release; mark the commit left as bad, so the
     daemon does not redeploy it at its next check (until the branch moves)."""
-    layout = deployer.layout
+    layout, journal, switcher = deployer.layout, deployer.journal, deployer.switcher
     with deployer.locked(lock_wait) as state:
         live = state.live_record()
         if live is None:
             raise UsageError("nothing to roll back: no release is live yet")
         record = _target(state, set(layout.names()), live, target)
-        steps = StepLog()
-        run = deployer.recorder.start("rollback", state, record.sha, steps)
-        same_venv = record.venv == live.venv and venvs.is_complete(layout.venvs, record.venv)
-        mode = "hup" if same_venv else "restart"  # with [bluegreen], restart swaps colours
-        deployer.switcher.colour = live.colour  # blue/green: the colour serving `live`
-        deployer.switcher.ensure_reachable()  # unreachable: exit 3, nothing switched
+        run = journal.open("rollback", state, record.sha)
+        mode, why = reload_mode(deployer.cfg, live_venv=live.venv, target_venv=record.venv)
+        plan = go_live_steps(deployer.cfg, mode, why)
+        switcher.ensure_reachable()  # unreachable: exit 3, nothing switched
         try:
-            deployer.switcher.go_live(record.name, record.sha, mode, steps)
-        except WatcherError as exc:
-            failure = exc if isinstance(exc, StepFailed) else StepFailed("reload", str(exc))
-            log.error("rollback.failed", error=str(exc))
+            colour = switcher.go_live(record.name, record.sha, plan, run.steps,
+                                      colour=live.colour)
+        except GoLiveFailed as failure:
+            outcome: DeployOutcome
+            log.error("rollback.failed", error=str(failure))
             # Try to put the release that was live back, so the operator is not left worse off.
+            back_mode, back_why = reload_mode(deployer.cfg, live_venv=record.venv,
+                                              target_venv=live.venv)
             try:
-                deployer.switcher.go_live(live.name, live.sha, mode, steps, prefix="undo_")
-                state.live = live.name
-                live.colour = deployer.switcher.colour  # blue/green: whichever serves it
+                live.colour = switcher.go_live(
+                    live.name, live.sha, go_live_steps(deployer.cfg, back_mode, back_why),
+                    run.steps, colour=failure.colour, keep=failure.kept, prefix="undo_")
                 code, outcome = EXIT_FAILED, "failed"
             except WatcherError:
-                code, outcome = EXIT_ROLLBACK_FAILED, "rollback_failed"
-            report = deployer.recorder.finish(run, outcome, live.name, failure)
-            state.add_history(deployer.recorder.history_entry(report))
-            deployer.state_file.save(state)
-            deployer.recorder.send(report)
-            return Outcome(outcome, code, record.sha, live.name, str(failure))
+                code, outcome = EXIT_ROLLBACK_FAILED, "rollback_failed"  # the app may be down
+            result = journal.close(state, run, outcome, code, live.name, failure)
+            return Outcome(outcome, code, record.sha, live.name, str(failure),
+                           result.duration_s)
         state.mark_bad(live.sha, "rollback", f"rolled back by hand to {record.name}")
         # Named by hand, the target is trusted again even if it was rolled away from before.
         state.bad.pop(record.sha, None)
         record.ok = True
-        state.live = record.name
-        record.colour = deployer.switcher.colour  # blue/green: the swap reversed
+        record.colour = colour
         state.releases[live.name].ok = False
-        deployer.state_file.save(state)
-        report = deployer.recorder.finish(run, "succeeded", record.name, None)
-        state.add_history(deployer.recorder.history_entry(report))
-        deployer.state_file.save(state)
-        deployer.recorder.send(report)
+        journal.went_live(state, run, record)
+        journal.close(state, run, "succeeded", EXIT_OK, record.name, None)
         log.info("rollback.done", release=record.name, left=live.name)
         return Outcome("succeeded", EXIT_OK, record.sha, record.name,
                        f"rolled back to {record.name}; {live.sha[:12]} marked bad")

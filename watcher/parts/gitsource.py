@@ -19,8 +19,8 @@ from typing import Any
 import structlog
 
 from watcher.config import GitConfig, read_secret
-from watcher.delivery.report import Commit
 from watcher.errors import GitError, RemoteUnreachable, StepFailed
+from watcher.kinds import Commit
 from watcher.log import register_secret, scrub
 from watcher.parts.runner import clean_env, run
 

@@ -12,6 +12,10 @@ from pathlib import Path
 import structlog
 
 from watcher.errors import StepFailed
+from watcher.parts.fs import discard, fsync_dir, remove
+
+__all__ = ["Layout", "discard", "hardlink_tree", "link_shared", "prune", "release_name",
+           "remove", "switch"]
 
 log = structlog.get_logger()
 
@@ -113,27 +117,7 @@ def switch(layout: Layout, name: str) -> None:
         tmp.unlink()
     os.symlink(os.path.join("releases", name), tmp)
     os.replace(tmp, layout.current)
-    _fsync_dir(layout.root)
-
-
-def remove(path: Path) -> None:
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.exists():
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def discard(path: Path) -> None:
-    """Remove a release or venv dir so that no half-deleted one is ever seen under its name.
-
-    Crash point: it is renamed to a dot-name first (atomic), then deleted; a kill during the
-    deletion leaves `.trash-*`, which the next run's recovery removes.
-    """
-    if not path.exists():
-        return
-    trash = path.with_name(f".trash-{path.name}-{os.getpid()}")
-    os.replace(path, trash)
-    remove(trash)
+    fsync_dir(layout.root)
 
 
 def prune(layout: Layout, keep: int, protect: Iterable[str | None]) -> list[str]:
@@ -169,11 +153,3 @@ def hardlink_tree(src: Path, dst: Path) -> int:
                 shutil.copy2(s, d)
             count += 1
     return count
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -248,10 +248,6 @@ class Supervisor:
                 )
             time.sleep(POLL_INTERVAL)
 
-    def restart(self, program: str, wait_timeout: float) -> ProcessInfo:
-        self.stop(program)
-        return self.start(program, wait_timeout)
-
     def wait_running(self, program: str, timeout: float) -> ProcessInfo:
         """Poll until `program` is RUNNING; STOPPED or FATAL fail at once (EXITED may restart)."""
         return self._wait(program, timeout, fail=STOPPED_STATES - {"EXITED"})

@@ -18,7 +18,7 @@ from pathlib import Path
 import structlog
 
 from watcher.errors import StepFailed
-from watcher.parts.releases import discard, remove
+from watcher.parts.fs import discard, remove
 from watcher.parts.runner import clean_env, run
 
 log = structlog.get_logger()
@@ -75,7 +75,7 @@ def is_complete(venvs: Path, digest: str) -> bool:
     return (venvs / digest / COMPLETE).is_file()
 
 
-def ensure(
+def build(
     venvs: Path,
     digest: str,
     release: Path,
@@ -84,11 +84,10 @@ def ensure(
     requirements: Sequence[str],
     pip_args: Sequence[str],
     timeout: float,
-) -> bool:
-    """Make venvs/<digest> ready; True when it was built now, False when reused."""
+) -> None:
+    """Build venvs/<digest> (the plan decided it is needed); a half-built one left by a crash
+    is removed first, and one that fails is removed, so an incomplete venv is never used."""
     path = venvs / digest
-    if is_complete(venvs, digest):
-        return False
     if path.exists():
         log.warning("venv.half_built_removed", venv=digest)
         remove(path)
@@ -106,7 +105,6 @@ def ensure(
         remove(path)
         raise
     (path / COMPLETE).write_text(interpreter_id(python) + "\n", encoding="utf-8")
-    return True
 
 
 def link(release: Path, digest: str) -> None:
