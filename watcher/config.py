@@ -151,6 +151,8 @@ class ForgeConfig:
     token_file: str = ""
     environment: str = "production"
     target_url: str = ""
+    timeout: float = _dur(5.0)  # per HTTP attempt
+    budget: float = _dur(5.0)  # what one send may add to a deploy (then it only spools)
 
 
 @dataclass(frozen=True)
@@ -365,6 +367,9 @@ def _check(cfg: Config) -> None:
             raise ConfigError(f"{p}: {rel!r} must be a path inside the release")
     if cfg.email is not None and (cfg.email.smtp_url or cfg.email.api_url):
         check_email(cfg.email, str(p))
+    if cfg.forge is not None:
+        _check_forge(cfg.forge, p)
+    _check_workers(cfg, p)
 
 
 def check_email(cfg: EmailConfig, where: str) -> None:
@@ -400,6 +405,48 @@ def _smtp_url_ok(url: str) -> bool:
     except ValueError:
         return False
     return parts.scheme in ("smtp", "smtps") and bool(parts.hostname) and not parts.password
+
+
+# -- [forge] and supervisor.workers (issue 15) ------------------------------------------
+def _check_forge(forge: ForgeConfig, p: Path) -> None:
+    if not forge.type:
+        raise ConfigError(f"{p}: forge.type is required in [forge] "
+                          "(github, gitlab, gitea or bitbucket)")
+    if not forge.repo:
+        raise ConfigError(f"{p}: forge.repo is required in [forge] (owner/name)")
+    nested = forge.type == "gitlab"  # GitLab: group/subgroup/project, or the numeric id
+    parts = forge.repo.split("/")
+    if not (nested and forge.repo.isdigit()) and (
+            len(parts) < 2 or (len(parts) > 2 and not nested) or not all(parts)):
+        raise ConfigError(f"{p}: forge.repo must be owner/name, got {forge.repo!r}")
+    if not forge.token_file:
+        raise ConfigError(f"{p}: forge.token_file is required in [forge]")
+    if forge.api_url:
+        url = urlsplit(forge.api_url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ConfigError(f"{p}: forge.api_url must be an http(s) URL")
+        if url.username or url.password:
+            raise ConfigError(f"{p}: forge.api_url must not carry credentials; "
+                              "put the token in forge.token_file")
+    if not forge.environment:
+        raise ConfigError(f"{p}: forge.environment must not be empty")
+    if forge.target_url and urlsplit(forge.target_url).scheme not in ("http", "https"):
+        raise ConfigError(f"{p}: forge.target_url must be an http(s) URL")
+
+
+def _check_workers(cfg: Config, p: Path) -> None:
+    workers = cfg.supervisor.workers
+    if len(set(workers)) != len(workers):
+        raise ConfigError(f"{p}: supervisor.workers names a program twice")
+    web = set(cfg.supervisor.programs) | set(cfg.bluegreen.programs if cfg.bluegreen else ())
+    both = sorted(web & set(workers))
+    if both:
+        raise ConfigError(f"{p}: {', '.join(both)} is in supervisor.workers and also a web "
+                          "program: workers are never HUPed, list it in one place only")
+    for name in workers:
+        if not name or name.endswith((":", ":*")):
+            raise ConfigError(f"{p}: supervisor.workers: {name!r} must name one program "
+                              "('name' or 'group:name')")
 
 
 def read_secret(path: str, key: str) -> str:
