@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import re
+import signal
 import sys
+from pathlib import Path
 
 import requests
 
-from watcher.config import Config
+from watcher.config import Config, ForgeConfig
+from watcher.delivery.forge import ForgeNotifier
+from watcher.delivery.forge_http import ForgeHTTPError
 from watcher.engine.golive import connect
 from watcher.errors import EXIT_OK, EXIT_TRANSIENT, EXIT_USAGE, TransientError, WatcherError
 from watcher.log import scrub
 from watcher.parts.gitsource import GitSource
 from watcher.parts.releases import Layout
 from watcher.parts.runner import clean_env, run
+from watcher.parts.supervisor_rpc import Supervisor
 from watcher.parts.venvs import interpreter_id
 
 
@@ -60,6 +65,8 @@ def run_checks(cfg: Config) -> int:
         except requests.RequestException as exc:
             c.warn("health url", f"{cfg.health.url} unreachable ({type(exc).__name__})"
                    " - fine before the first deploy")
+    if cfg.forge is not None:
+        _forge(cfg.forge, cfg.state_dir, c)
     root = cfg.app.root
     if not root.exists():
         c.warn("app root", f"{root} does not exist yet; the first deploy creates it")
@@ -93,7 +100,36 @@ def _supervisor(cfg: Config, c: _Checks) -> None:
                        f"command lacks --chdir {current}: a HUP would reload the old code")
             if "--preload" in command:
                 c.warn(f"program {program}", "--preload keeps the old code across a HUP")
+        _workers(cfg, sup, c)
     except WatcherError as exc:
         c.fail("supervisord", exc)
     finally:
         sup.close()
+
+
+def _workers(cfg: Config, sup: Supervisor, c: _Checks) -> None:
+    """Each of supervisor.workers exists, and stops warmly (never on HUP), as a group."""
+    for worker in cfg.supervisor.workers:
+        what = f"worker {worker}"
+        try:
+            info = sup.info(worker)
+        except WatcherError as exc:
+            c.fail(what, exc)
+            continue
+        c.ok(what, info.statename)
+        conf = sup.program_config(worker) or {}
+        if conf.get("stopsignal") == signal.SIGHUP:
+            c.fail(what, "stopsignal=HUP: a worker must get TERM (warm shutdown)")
+        if conf and not (conf.get("stopasgroup") and conf.get("killasgroup")):
+            c.warn(what, "set stopasgroup=true and killasgroup=true, or its pool processes "
+                   "outlive a stop")
+
+
+def _forge(forge: ForgeConfig, state_dir: Path, c: _Checks) -> None:
+    """[forge]: the API answers, and the token may write statuses to forge.repo."""
+    notifier = ForgeNotifier(forge, state_dir / "spool-forge", timeout_s=forge.timeout,
+                             budget_s=max(forge.budget, 5.0))
+    try:
+        c.ok(f"forge {forge.type}", notifier.check())
+    except ForgeHTTPError as exc:
+        c.fail(f"forge {forge.type}", str(exc))

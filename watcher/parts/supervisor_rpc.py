@@ -218,7 +218,28 @@ class Supervisor:
                 return str(entry["command"])
         return None
 
+    def program_config(self, program: str) -> dict[str, Any] | None:
+        """supervisord's config of `program` (stopwaitsecs, stopsignal, stopasgroup...), or
+        None when it has no such program or cannot say."""
+        configs = self._call("getAllConfigInfo", ok=(Faults.UNKNOWN_METHOD,)) or []
+        group, name = _split_namespec(program)
+        for entry in configs:
+            if entry.get("group") == group and entry.get("name") == name:
+                return dict(entry)
+        return None
+
     # -- actions ----------------------------------------------------------------------
+
+    def restart_worker(self, program: str, start_timeout: float) -> ProcessInfo:
+        """A background worker (Celery and the like) onto the code behind its directory:
+        stopped with its own stopsignal (TERM: a warm shutdown that lets running tasks
+        finish) and supervisord's `stopwaitsecs` before it kills, then started and waited
+        for RUNNING. Never HUP: a worker re-reads nothing on HUP, or restarts itself
+        outside supervisord's view."""
+        config = self.program_config(program) or {}
+        grace = float(config.get("stopwaitsecs") or 10)
+        self.stop(program, wait_timeout=grace + 10)  # supervisord SIGKILLs at `grace`
+        return self.start(program, start_timeout)
 
     def hup(self, program: str) -> None:
         structlog.get_logger().info("supervisor.hup", program=program)
