@@ -59,7 +59,7 @@ def wait_running(sup: Supervisor, name: str) -> None:
 
 def test_a_worker_restart_is_term_then_wait_never_hup(
         box: tuple[SupervisordProcess, Path]) -> None:
-    """restart_worker sends TERM, waits while the worker finishes its task, then starts a
+    """restart_workers sends TERM, waits while the worker finishes its task, then starts a
     new process; the worker never sees HUP."""
     sv, base = box
     sup = Supervisor(sv.url, timeout=5)
@@ -67,7 +67,7 @@ def test_a_worker_restart_is_term_then_wait_never_hup(
         wait_running(sup, "celery")
         old = sup.pid("celery")
         started = time.monotonic()
-        info = sup.restart_worker("celery", 15)
+        (info,) = sup.restart_workers(["celery"], 15)
         assert time.monotonic() - started >= 1.5  # it waited for the running task
         assert info.statename == "RUNNING" and info.pid != old
     finally:

@@ -230,16 +230,31 @@ class Supervisor:
 
     # -- actions ----------------------------------------------------------------------
 
-    def restart_worker(self, program: str, start_timeout: float) -> ProcessInfo:
-        """A background worker (Celery and the like) onto the code behind its directory:
-        stopped with its own stopsignal (TERM: a warm shutdown that lets running tasks
-        finish) and supervisord's `stopwaitsecs` before it kills, then started and waited
-        for RUNNING. Never HUP: a worker re-reads nothing on HUP, or restarts itself
-        outside supervisord's view."""
-        config = self.program_config(program) or {}
-        grace = float(config.get("stopwaitsecs") or 10)
-        self.stop(program, wait_timeout=grace + 10)  # supervisord SIGKILLs at `grace`
-        return self.start(program, start_timeout)
+    def restart_workers(self, programs: list[str], start_timeout: float) -> list[ProcessInfo]:
+        """Background workers (Celery and the like) onto the code behind their directory:
+        all stopped at once with their own stopsignal (TERM: a warm shutdown that lets
+        running tasks finish) and supervisord's `stopwaitsecs` before it kills, then all
+        started at once and waited for RUNNING (`startsecs`). Never HUP: a worker re-reads
+        nothing on HUP, or re-executes itself outside supervisord's view. Raises
+        SupervisorFault naming the first worker that does not stop or start."""
+        log = structlog.get_logger()
+        graces = {}
+        for program in programs:
+            graces[program] = float((self.program_config(program) or {}).get("stopwaitsecs")
+                                    or 10)
+            log.info("supervisor.stop", program=program, signal="stopsignal", worker=True)
+            self._call("stopProcess", program, False, ok=(Faults.NOT_RUNNING,))
+        for program in programs:  # supervisord KILLs at stopwaitsecs: wait a little longer
+            self.stop(program, wait_timeout=graces[program] + 10)
+        for program in programs:
+            log.info("supervisor.start", program=program, worker=True)
+            self._call("startProcess", program, False, ok=(Faults.ALREADY_STARTED,))
+        started = []
+        for program in programs:
+            info = self._wait(program, start_timeout, fail=STOPPED_STATES | {"BACKOFF"})
+            log.info("supervisor.started", program=program, pid=info.pid, worker=True)
+            started.append(info)
+        return started
 
     def hup(self, program: str) -> None:
         structlog.get_logger().info("supervisor.hup", program=program)

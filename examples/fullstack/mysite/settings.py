@@ -14,6 +14,7 @@ Keys (all optional except the password):
     MYSITE_DB_PASSWORD         the database user's password
     MYSITE_DB_SOCKET           MariaDB's socket (default /run/mysqld/mysqld.sock)
     MYSITE_REDIS_URL           default unix:///run/redis/redis-server.sock?db=0
+    MYSITE_CELERY_BROKER_URL   default: the same Redis socket (redis+socket://), db 1
     MYSITE_STATIC_BUCKET_DIR   collect static files to "the bucket" instead of the release
     MYSITE_STATIC_URL          where the CDN serves them (default /static/)
 """
@@ -130,6 +131,30 @@ CACHES = {
         "KEY_PREFIX": "mysite",
     }
 }
+
+# Celery (mysite/celery.py): the same Redis as the broker, over its unix socket, in its own
+# database. Tasks are acknowledged when they finish, so a worker killed mid-task (past
+# Supervisord's stopwaitsecs) leaves the task queued for the next worker, not lost.
+def _broker(url: str) -> str:
+    """unix:///x.sock?db=0 (redis-py's form) -> redis+socket:///x.sock?virtual_host=1
+    (kombu's); a redis:// URL is used as it is."""
+    if url.startswith("unix://"):
+        return f"redis+socket://{url[len('unix://'):].partition('?')[0]}?virtual_host=1"
+    return url
+
+
+CELERY_BROKER_URL = env(
+    "MYSITE_CELERY_BROKER_URL",
+    _broker(env("MYSITE_REDIS_URL", "unix:///run/redis/redis-server.sock?db=0")),
+)
+CELERY_TASK_ACKS_LATE = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BEAT_SCHEDULE = {
+    "heartbeat": {"task": "pages.tasks.heartbeat", "schedule": 60.0},
+}
+CELERY_TIMEZONE = "UTC"
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
