@@ -15,8 +15,9 @@ removed once the forge accepted it, never raising and never blocking a deploy.
 - `deployment_status` (GitHub): in_progress, then success, failure or error; `inactive` for
   the deployment of the commit the new one replaced.
 
-While the forge fails, the rest of the run only spools (the first failure cost at most
-`forge.budget`); the next `flush` (the next check) delivers, oldest first, once each.
+While the forge fails, the next minute only spools (the first failure cost at most
+`forge.budget`, so a deploy is never slowed by more); a later `flush` (the next run, or the
+daemon's next check) delivers, oldest first, once each.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ DEFAULT_API = {
     "gitea": "https://gitea.com/api/v1",
     "bitbucket": "https://api.bitbucket.org/2.0",
 }
+_REST_S = 60.0  # after a failed send, only spool for this long (the next check tries again)
 _DESCRIPTION_MAX = 140  # GitHub's limit for a deployment status; the others take more
 _GITLAB = {"pending": "running", "success": "success", "failure": "failed", "error": "failed"}
 _BITBUCKET = {"pending": "INPROGRESS", "success": "SUCCESSFUL", "failure": "FAILED",
@@ -103,7 +105,7 @@ class ForgeNotifier:
         self.cfg = cfg
         self.budget_s = budget_s
         self.http = ForgeHTTP(cfg.type, api_url(cfg), cfg.token_file, timeout_s)
-        self._down = False  # a send failed in this run: only spool until the next flush
+        self._down_until = 0.0  # a send failed: until then only spool, do not try
         self._outbox = Outbox(spool_dir, 5 * 1024 * 1024, "forge", self._deliver, self._token)
 
     # -- what the engine calls ---------------------------------------------------------
@@ -133,7 +135,9 @@ class ForgeNotifier:
         self._send(docs + actions(self.cfg.type, final))
 
     def flush(self) -> int:
-        self._down = False
+        """Deliver what earlier runs spooled, oldest first (not while the forge is resting)."""
+        if time.monotonic() < self._down_until:
+            return 0
         return self._outbox.flush(self.budget_s)
 
     def check(self) -> str:
@@ -164,7 +168,7 @@ class ForgeNotifier:
     def _send(self, docs: list[dict[str, Any]]) -> None:
         if not docs:
             return
-        if self._down:
+        if time.monotonic() < self._down_until:
             for doc in docs:
                 self._outbox.hold(doc)
             _log.info("forge.deferred", count=len(docs), reason="forge failed earlier")
@@ -172,7 +176,7 @@ class ForgeNotifier:
         for doc in docs[:-1]:
             self._outbox.hold(doc)
         if not self._outbox.send(docs[-1], self.budget_s):
-            self._down = True
+            self._down_until = time.monotonic() + _REST_S
 
     def _token(self) -> str:
         try:
