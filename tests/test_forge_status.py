@@ -15,8 +15,9 @@ from support.forges import FakeForge
 
 from watcher.config import ForgeConfig
 from watcher.delivery.forge import ForgeNotifier, describe
-from watcher.delivery.forge_http import ForgeHTTPError
-from watcher.delivery.report import ErrorInfo, Report, StepResult, new_report_id
+from watcher.delivery.record import ErrorInfo, Report, new_report_id
+from watcher.delivery.retry import Failed as ForgeHTTPError
+from watcher.kinds import StepResult
 
 TOKEN = "canary-forge-token-8c1d4e7a9b"
 REPO = {"github": "acme/mysite", "gitlab": "acme/web/mysite", "gitea": "acme/mysite",

@@ -11,7 +11,7 @@ import requests
 
 from watcher.config import Config, ForgeConfig
 from watcher.delivery.forge import ForgeNotifier
-from watcher.delivery.forge_http import ForgeHTTPError
+from watcher.delivery.retry import Failed as ForgeHTTPError
 from watcher.engine.golive import connect
 from watcher.errors import EXIT_OK, EXIT_TRANSIENT, EXIT_USAGE, TransientError, WatcherError
 from watcher.log import scrub

@@ -31,9 +31,10 @@ from urllib.parse import quote
 import structlog
 
 from watcher.config import ForgeConfig
-from watcher.delivery.forge_http import ForgeHTTP, ForgeHTTPError, PayloadRejected
+from watcher.delivery.forge_http import ForgeHTTP
 from watcher.delivery.outbox import Outbox
-from watcher.delivery.report import Report
+from watcher.delivery.record import Report
+from watcher.delivery.retry import Failed, Rejected
 
 _log = structlog.get_logger("watcher.delivery.forge")
 
@@ -142,25 +143,25 @@ class ForgeNotifier:
 
     def check(self) -> str:
         """Reach the API with the token and check it may write statuses; the detail for
-        `watcher check`. Raises ForgeHTTPError (safe to print) when it may not."""
+        `watcher check`. Raises Failed (safe to print) when it may not."""
         forge, repo = self.cfg.type, self.cfg.repo
         deadline = time.monotonic() + self.budget_s
         try:
             info = self.http.call("GET", self._repo_path(), deadline) or {}
-        except ForgeHTTPError as exc:
+        except Failed as exc:
             hint = {401: "the token is refused", 403: "the token may not read the repository",
                     404: f"no repository {repo}, or the token cannot see it"}
-            raise ForgeHTTPError(f"{exc}: {hint.get(exc.status or 0, 'API unreachable')}",
+            raise Failed(f"{exc}: {hint.get(exc.status or 0, 'API unreachable')}",
                                  exc.status) from None
         perms = info.get("permissions") if isinstance(info, dict) else None
         if forge in ("github", "gitea") and isinstance(perms, dict) and not perms.get("push"):
-            raise ForgeHTTPError(f"the token can read {repo} but not write statuses "
+            raise Failed(f"the token can read {repo} but not write statuses "
                                  "(GitHub/Gitea need push access)")
         if forge == "gitlab" and isinstance(perms, dict):
             levels = [(perms.get(k) or {}).get("access_level", 0)
                       for k in ("project_access", "group_access")]
             if max(levels) < 30:
-                raise ForgeHTTPError(f"the token can read {repo} but statuses need the "
+                raise Failed(f"the token can read {repo} but statuses need the "
                                      "Developer role (access level 30)")
         return f"{api_url(self.cfg)} reached, {repo} writable with the token"
 
@@ -181,17 +182,17 @@ class ForgeNotifier:
     def _token(self) -> str:
         try:
             return self.http.read_token()
-        except ForgeHTTPError:
+        except Failed:
             return ""
 
     def _deliver(self, doc: dict[str, Any], deadline: float) -> str:
         where = {"id": doc.get("id"), "action": doc.get("action"), "forge": self.cfg.type}
         try:
             self._do(doc, deadline)
-        except PayloadRejected as exc:
+        except Rejected as exc:
             _log.error("forge.rejected", **where, error=str(exc), status=exc.status)
             return "rejected"
-        except ForgeHTTPError as exc:
+        except Failed as exc:
             hint = "check forge.token_file" if exc.status in (401, 403) else None
             _log.error("forge.failed", **where, error=str(exc), status=exc.status, hint=hint)
             return "failed"
@@ -219,7 +220,7 @@ class ForgeNotifier:
             if not found:
                 if action == "inactivate":
                     return  # the replaced commit was never deployed with a Deployment
-                raise PayloadRejected(f"no deployment of {sha[:12]} for run {run}")
+                raise Rejected(f"no deployment of {sha[:12]} for run {run}")
             body = {"state": "inactive" if run is None else doc["state"],
                     "description": doc["description"], "environment": self.cfg.environment,
                     "auto_inactive": False}
@@ -228,7 +229,7 @@ class ForgeNotifier:
             self.http.call("POST", self._repo_path(f"/deployments/{found[0]}/statuses"),
                            deadline, body)
         else:
-            raise PayloadRejected(f"unknown action {action!r}")
+            raise Rejected(f"unknown action {action!r}")
 
     def _status(self, sha: str, state: str, description: str, deadline: float) -> None:
         forge, env, url = self.cfg.type, self.cfg.environment, self.cfg.target_url
