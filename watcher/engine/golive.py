@@ -94,11 +94,23 @@ class Switcher:
                             interval=self.cfg.health.interval)
         log.info("health.ok", url=url, seconds=round(took, 2))
 
+    def restart_workers(self) -> None:
+        """supervisor.workers stopped (their stopsignal, TERM: a warm shutdown; then
+        supervisord's stopwaitsecs) and started on the release `current` names, all at
+        once; never HUPed, and in neither blue/green colour. A worker that does not reach
+        RUNNING raises SupervisorFault naming it (the deploy rolls back)."""
+        with self.supervisor() as sup:
+            for info in sup.restart_workers(list(self.cfg.supervisor.workers),
+                                            self.cfg.supervisor.start_timeout):
+                log.info("workers.restarted", program=f"{info.group}:{info.name}",
+                         pid=info.pid)
+
     def go_live(self, name: str, sha: str, plan: Sequence[Step], steps: StepLog, *,
                 colour: str, keep: str = "", prefix: str = "") -> str:
-        """Run the go-live steps of a plan (`plan.go_live_steps`: switch, reload, health) for
-        release `name`, logged under `prefix` on the rollback and recovery paths. `colour` is
-        the blue/green colour live before; returns the one serving now ("" without it).
+        """Run the go-live steps of a plan (`plan.go_live_steps`: switch, reload, health,
+        workers) for release `name`, logged under `prefix` on the rollback and recovery
+        paths. `colour` is the blue/green colour live before; returns the one serving now
+        ("" without it).
         Raises GoLiveFailed, which carries the colour serving at the failure."""
         try:
             for step in plan:
@@ -110,6 +122,8 @@ class Switcher:
                         colour = self.reload(cast(ReloadMode, step.action), sha, colour, keep)
                     elif step.name == "health":
                         self.health(sha, colour)
+                    elif step.name == "workers":
+                        self.restart_workers()
         except WatcherError as exc:
             raise GoLiveFailed(exc, colour if self.bluegreen is not None else "") from exc
         return colour if self.bluegreen is not None else ""

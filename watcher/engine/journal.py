@@ -23,6 +23,7 @@ import structlog
 
 from watcher import __version__
 from watcher.config import Config
+from watcher.delivery.forge import ForgeNotifier
 from watcher.delivery.http import Reporter, ReportTarget
 from watcher.delivery.mail import EmailNotifier, enabled
 from watcher.delivery.record import Commit, ErrorInfo, Report, new_report_id
@@ -75,11 +76,18 @@ class Journal:
         if cfg.email is not None and enabled(cfg.email):
             self.emailer = EmailNotifier(cfg.email, layout.state_dir / "spool-email",
                                          str(cfg.path))
+        self.forge: ForgeNotifier | None = None  # [forge]: statuses on the commit
+        if cfg.forge is not None:
+            self.forge = ForgeNotifier(cfg.forge, layout.state_dir / "spool-forge",
+                                       timeout_s=cfg.forge.timeout, budget_s=cfg.forge.budget)
 
     def open(self, event: Event, state: State, to_sha: str) -> Run:
         live = state.live_record()
-        return Run(event=event, from_sha=live.sha if live else None, to_sha=to_sha,
-                   steps=StepLog())
+        run = Run(event=event, from_sha=live.sha if live else None, to_sha=to_sha,
+                  steps=StepLog())
+        if self.forge is not None:  # pending on the commit: spooled, at most forge.budget
+            self.forge.started(run.id, event, to_sha, run.from_sha)
+        return run
 
     def went_live(self, state: State, run: Run, record: ReleaseRecord) -> None:
         """`record` is live and healthy: record it, with its history entry and a report in
@@ -111,6 +119,8 @@ class Journal:
             self.reporter.send(report, run.held)
         if self.emailer is not None:
             self.emailer.send(report)
+        if self.forge is not None:
+            self.forge.finished(report)
         return Outcome(outcome, code, run.to_sha, release, str(exc) if exc else "",
                        report.duration_s)
 
@@ -121,8 +131,9 @@ class Journal:
         self.state_file.save(state)
 
     def flush(self) -> int:
-        """Re-send spooled reports and mails; how many went out."""
+        """Re-send spooled reports, mails and forge statuses; how many went out."""
         sent = self.reporter.flush() if self.reporter is not None else 0
+        sent += self.forge.flush() if self.forge is not None else 0
         return sent + (self.emailer.flush() if self.emailer is not None else 0)
 
     def _report(self, run: Run, outcome: DeployOutcome, release: str | None,

@@ -90,7 +90,9 @@ def make_plan(inp: PlanInput, cfg: Config) -> Plan:
         steps.append(Step("pre_switch", "run", f"{len(cfg.hooks.pre_switch)} hook(s)"))
     mode, why = reload_mode(cfg, live_venv=inp.live_venv if inp.live_sha else None,
                             target_venv=inp.target_venv)
-    steps.extend(go_live_steps(cfg, mode, why))
+    steps.extend(web_steps(cfg, mode, why))
+    # Step 12b: contract migrations (after health) come here, before the workers.
+    steps.extend(worker_steps(cfg))
     if cfg.hooks.post_switch:
         steps.append(Step("post_switch", "run", f"{len(cfg.hooks.post_switch)} hook(s)"))
     steps.append(Step("prune", "run", f"keep {cfg.app.keep_releases} releases"))
@@ -147,13 +149,27 @@ def _static_reason(changed: frozenset[str], cfg: Config) -> str | None:
 
 
 def go_live_steps(cfg: Config, mode: ReloadMode, why: str) -> tuple[Step, ...]:
-    """Switch, reload and health: how a deploy, a rollback (automatic or by hand) and the
-    recovery of an interrupted deploy all put a release live."""
+    """Switch, reload and health, then the workers: how a deploy, a rollback (automatic or
+    by hand) and the recovery of an interrupted deploy all put a release live."""
+    return web_steps(cfg, mode, why) + worker_steps(cfg)
+
+
+def web_steps(cfg: Config, mode: ReloadMode, why: str) -> tuple[Step, ...]:
+    """Switch, reload and health of the web programs."""
     steps = [Step("switch", "run", "current -> the release"), Step("reload", mode, why)]
     if cfg.health.url or cfg.bluegreen is not None:
         steps.append(Step("health", "run", "health URL" if cfg.health.url
                           else "blue/green health URLs"))
     return tuple(steps)
+
+
+def worker_steps(cfg: Config) -> tuple[Step, ...]:
+    """Step 12b's end: the workers onto the live code, once the web passed health; never
+    HUPed (they re-read nothing on HUP), in neither blue/green colour."""
+    workers = cfg.supervisor.workers
+    if not workers:
+        return ()
+    return (Step("workers", "restart", f"{len(workers)} worker(s): {', '.join(workers)}"),)
 
 
 def reload_mode(cfg: Config, *, live_venv: str | None,
