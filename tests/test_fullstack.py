@@ -9,6 +9,7 @@ tests run in file order against one stack, each deploy building on the one befor
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -16,9 +17,11 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,7 @@ pytestmark = pytest.mark.slow
 FULLSTACK = REPO_ROOT / "examples" / "fullstack"
 NGINX_CONF = REPO_ROOT / "examples" / "nginx" / "mysite-fullstack.conf"
 PROGRAM_CONF = REPO_ROOT / "supervisor" / "conf.d-fullstack" / "mysite.conf"
+WORKERS_CONF = REPO_ROOT / "supervisor" / "conf.d-fullstack" / "celery.conf"
 DB_PASSWORD = "canary-db-pass-4e7a91c2d0"  # must never leave shared/.env
 SMTP_PASSWORD = "canary-smtp-pass-5b0c8e"
 REPORT_TOKEN = "canary-report-token-19af3"
@@ -68,6 +72,21 @@ def render_program(root: Path, sock: Path, home: Path) -> str:
     text = _sub(text, "/srv/mysite", str(root))
     text = _sub(text, "/home/deploy", str(home))
     return _sub(text, "autostart=true", "autostart=false")  # no release yet at boot
+
+
+def render_workers(root: Path, home: Path) -> dict[str, str]:
+    """The shipped [program:celery] and [program:celerybeat] bodies, moved into the sandbox
+    and not started at boot (no release yet)."""
+    programs = {}
+    for section in WORKERS_CONF.read_text(encoding="utf-8").split("[program:")[1:]:
+        name, _, body = section.partition("]\n")
+        lines = [ln for ln in body.strip().splitlines()
+                 if ln.strip() and not ln.startswith(("user=", "stdout_logfile", ";"))]
+        text = "\n".join(lines) + "\n"
+        text = _sub(text, "/srv/mysite", str(root))
+        text = _sub(text, "/home/deploy", str(home))
+        programs[name] = _sub(text, "autostart=true", "autostart=false")
+    return programs
 
 
 class Stack:
@@ -110,7 +129,8 @@ class Stack:
         self.api = self._started(LogAPI(lifetime_s=900))
         self.hooks = self._started(LogAPI(lifetime_s=900))  # stands in for watcher's listener
         self.sv = self._started(SupervisordProcess(self.base / "sv", {
-            "mysite": render_program(self.root, self.sock, self.base)}))
+            "mysite": render_program(self.root, self.sock, self.base),
+            **render_workers(self.root, self.base)}))
         self.sv.start()
         self.health_port = free_port()
         self.nginx = self._started(Nginx(self.base / "nginx", upstreams=[free_port()],
@@ -408,6 +428,115 @@ def test_static_files_on_a_cdn_bucket_are_collected_there_and_never_carried(
     assert "collectstatic.carried" not in events(res)
     assert not (stack.live() / "staticfiles").exists()
     assert (stack.bucket / "pages" / "site.css").stat().st_mtime_ns == uploaded
+
+
+# -- Celery workers (supervisor.workers, step 12b) ------------------------------------------
+TASK_CODE_LINE = 'TASK_CODE = "v1"'
+
+
+def enqueue(stack: Stack, key: str, seconds: float = 0.0) -> None:
+    """Send pages.tasks.record(key, seconds) through the site's Redis broker."""
+    from celery import Celery
+
+    client = Celery(broker=f"redis+socket://{stack.redis.socket}?virtual_host=1")
+    try:
+        client.send_task("pages.tasks.record", args=[key, seconds])
+    finally:
+        client.close()
+
+
+def redis_list(stack: Stack, key: str) -> list[dict[str, Any]]:
+    out = stack.redis.cli("LRANGE", key, "0", "-1")
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def task_event(stack: Stack, key: str, event: str, timeout: float = 60) -> dict[str, Any]:
+    """The task's `event` ("started" or "done") record, waiting for it up to `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for record in redis_list(stack, "mysite:task-results"):
+            if record["key"] == key and record["event"] == event:
+                return record
+        time.sleep(0.2)
+    raise AssertionError(f"task {key} never {event}: {redis_list(stack, 'mysite:task-results')}")
+
+
+def worker_events(stack: Stack) -> list[dict[str, Any]]:
+    return redis_list(stack, "mysite:worker-events")
+
+
+def step_end(res: subprocess.CompletedProcess[str], step: str) -> float:
+    """When watcher logged the end of `step`, as a Unix time."""
+    (event,) = [e for e in log_events(res.stderr + res.stdout)
+                if e["event"] == "step.end" and e.get("step") == step]
+    return datetime.fromisoformat(event["timestamp"]).timestamp()
+
+
+def test_workers_restart_warmly_after_health_onto_the_new_code(stack: Stack) -> None:
+    """With supervisor.workers, a task running when the deploy starts finishes on the old
+    code; the worker is stopped with TERM (a warm shutdown, never HUP) only after the web
+    passed health, and a task enqueued after the deploy runs the new code."""
+    config = stack.config.read_text()
+    stack.config.write_text(_sub(config, 'programs = ["mysite"]\n',
+                                 'programs = ["mysite"]\nworkers = ["celery", "celerybeat"]\n'))
+    tasks = stack.work / "pages" / "tasks.py"
+    assert TASK_CODE_LINE in tasks.read_text()
+    stack.commit({"pages/views.py": (stack.work / "pages/views.py").read_text() + "\n"},
+                 "Start the workers")
+    res, report = stack.deploy()
+    names = list(steps(report))
+    assert names.index("workers") == names.index("health") + 1, names
+    (first,) = [e for e in worker_events(stack) if e["event"] == "ready"]
+    assert first["at"] > step_end(res, "health")  # started once the web was healthy
+    enqueue(stack, "warm-up")
+    assert task_event(stack, "warm-up", "done")["code"] == "v1"
+
+    enqueue(stack, "long", seconds=6)
+    running = task_event(stack, "long", "started")
+    sha = stack.commit({"pages/tasks.py": tasks.read_text().replace(
+        TASK_CODE_LINE, 'TASK_CODE = "v2"')}, "Tasks: version 2")
+    res, report = stack.deploy()
+    assert report["outcome"] == "succeeded" and steps(report)["workers"] == "ok"
+    assert stack.served_sha() == sha
+    long_done = task_event(stack, "long", "done")
+    assert (long_done["code"], long_done["pid"]) == ("v1", running["pid"])  # old code, finished
+    enqueue(stack, "after")
+    assert task_event(stack, "after", "done")["code"] == "v2"
+    events = worker_events(stack)
+    ready = [e for e in events if e["event"] == "ready"]
+    assert len(ready) == 2 and ready[-1]["at"] > step_end(res, "health")
+    assert ready[-1]["at"] > long_done["at"]  # the new worker came after the task finished
+    shutdowns = [e for e in events if e["event"] == "shutdown"]
+    assert [(e["pid"], e["sig"], e["how"]) for e in shutdowns] == [
+        (first["pid"], "SIGTERM", "Warm")]
+    logs = "".join(p.read_text(errors="replace")
+                   for p in (stack.base / "sv" / "logs").glob("celery*.log"))
+    assert "Restarting celery worker" not in logs and "SIGHUP" not in logs
+    assert "supervisor.hup" not in [
+        e["event"] for e in log_events(res.stderr) if e.get("program") in ("celery",
+                                                                           "celerybeat")]
+
+
+def test_a_worker_that_fails_to_start_rolls_the_deploy_back(stack: Stack) -> None:
+    """A task module that breaks the worker (the web does not import it) passes health but
+    the worker never reaches RUNNING: the deploy rolls back, the report names the worker,
+    the old release serves and the workers run the old code again."""
+    live, live_sha = stack.live(), stack.served_sha()
+    tasks = (stack.work / "pages" / "tasks.py").read_text()
+    bad = stack.commit({"pages/tasks.py": 'raise RuntimeError("broken task module")\n' + tasks},
+                       "A task module that cannot be imported")
+    _, report = stack.deploy(expect=1)
+    assert (report["outcome"], report["to_sha"]) == ("rolled_back", bad)
+    assert report["error"]["step"] == "workers"
+    assert "celery" in report["error"]["message"], report["error"]
+    taken = steps(report)
+    assert (taken["health"], taken["workers"]) == ("ok", "failed")
+    assert taken["rollback_workers"] == "ok"
+    assert stack.live() == live and stack.served_sha() == live_sha
+    enqueue(stack, "after-rollback")
+    assert task_event(stack, "after-rollback", "done")["code"] == "v2"
+    state = stack.sv.rpc().getProcessInfo("celery")
+    assert state["statename"] == "RUNNING"
 
 
 def test_no_secret_reaches_a_log_state_file_report_or_mail(stack: Stack) -> None:
