@@ -168,3 +168,30 @@ def test_reload_mode_is_decided_in_one_place(live: str | None, target: str,
     `supervisor.reload`; the plan's reload step is its answer."""
     mode, reason = reload_mode(config(**sections), live_venv=live, target_venv=target)
     assert mode == expected and reason
+
+
+# -- supervisor.workers (step 12b) -----------------------------------------------------------
+@pytest.mark.parametrize(("inp", "sections"), [
+    (code_only(), {}),
+    (new_venv(), {}),
+    (new_venv(), {"bluegreen": BLUEGREEN, "supervisor": {"programs": []}}),
+])
+def test_workers_restart_right_after_health_whatever_the_reload(
+        inp: PlanInput, sections: dict[str, dict[str, Any]]) -> None:
+    """With supervisor.workers the plan restarts them right after the health check, by HUP,
+    restart or colour swap alike; and rollbacks and recovery (`go_live_steps`) do too."""
+    cfg = config(**{**sections, "supervisor": {
+        **sections.get("supervisor", {"programs": ["mysite"]}),
+        "workers": ["celery", "celerybeat"]}})
+    plan = make_plan(inp, cfg)
+    names = list(plan.names)
+    assert names.index("workers") == names.index("health") + 1
+    assert plan.action("workers") == "restart"
+    assert "celery, celerybeat" in (plan.step("workers") or plan.steps[0]).reason
+    assert [s.name for s in go_live_steps(cfg, "hup", "back")] == [
+        "switch", "reload", "health", "workers"]
+
+
+def test_no_workers_no_workers_step() -> None:
+    """Without supervisor.workers nothing is planned for them."""
+    assert make_plan(code_only(), config()).action("workers") is None
