@@ -5,6 +5,7 @@ status; Gitea commit status; Bitbucket Cloud build status)."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -180,3 +181,73 @@ def test_description_is_one_short_line() -> None:
     text = describe(report("failed", "r1", ErrorInfo("migrate", "line one\nline two " * 30, "")),
                     "production")
     assert "\n" not in text and len(text) == 140 and text.endswith("…")
+
+
+def test_watcher_check_reaches_the_forge_with_the_token(tmp_path: Path) -> None:
+    """`watcher check` prints ok for a forge the token may write to, FAIL with the reason
+    (and never the token) for a token the forge refuses."""
+    from support.fixtures import run_cli
+
+    with FakeForge("github", TOKEN, REPO["github"]) as forge:
+        token = tmp_path / "forge_token"
+        token.write_text(TOKEN + "\n")
+        config = tmp_path / "watcher.toml"
+        config.write_text(f"""
+[app]
+name = "mysite"
+root = "{tmp_path / 'app'}"
+
+[git]
+remote = "{tmp_path / 'none.git'}"
+
+[supervisor]
+url = "unix://{tmp_path}/none.sock"
+programs = ["mysite"]
+
+[forge]
+type = "github"
+api_url = "{forge.api_url}"
+repo = "{forge.repo}"
+token_file = "{token}"
+""")
+        res = run_cli("check", "--config", str(config))
+        assert f"ok    forge github: {forge.api_url} reached, acme/mysite writable" in res.stdout
+        token.write_text("canary-wrong-forge-token-77\n")
+        res = run_cli("check", "--config", str(config))
+        assert "FAIL  forge github: HTTP 401: the token is refused" in res.stdout, res.stdout
+        assert "canary-wrong-forge-token-77" not in res.stdout + res.stderr
+
+
+@pytest.mark.parametrize(("forge", "error"), [
+    ({"repo": "acme/mysite", "token_file": "/t"}, "forge.type is required"),
+    ({"type": "github", "token_file": "/t"}, "forge.repo is required"),
+    ({"type": "github", "repo": "acme", "token_file": "/t"}, "forge.repo must be owner/name"),
+    ({"type": "gitea", "repo": "a/b/c", "token_file": "/t"}, "forge.repo must be owner/name"),
+    ({"type": "github", "repo": "acme/mysite"}, "forge.token_file is required"),
+    ({"type": "gitlab", "repo": "acme/web/mysite", "token_file": "/t",
+      "api_url": "https://u:p@gitlab.example.com/api/v4"}, "must not carry credentials"),
+    ({"type": "bitbucket", "repo": "acme/mysite", "token_file": "/t", "target_url": "ftp://x"},
+     "forge.target_url must be an http(s) URL"),
+])
+def test_forge_config_errors_name_the_key(forge: dict[str, str], error: str) -> None:
+    """A [forge] section that cannot work is a config error naming the key (exit 2)."""
+    from watcher.config import build
+    from watcher.errors import ConfigError
+
+    sections = {"app": {"name": "mysite", "root": "/srv/mysite"},
+                "git": {"remote": "/srv/remote.git"},
+                "supervisor": {"programs": ["mysite"]}, "forge": dict(forge)}
+    with pytest.raises(ConfigError, match=re.escape(error)):
+        build(sections, Path("t.toml"), {})
+
+
+def test_gitlab_takes_a_nested_path_or_a_project_id() -> None:
+    """GitLab projects may sit in subgroups, or be named by their numeric id."""
+    from watcher.config import build
+
+    for repo in ("acme/web/mysite", "4242"):
+        cfg = build({"app": {"name": "mysite", "root": "/srv/mysite"},
+                     "git": {"remote": "/srv/remote.git"}, "supervisor": {"programs": ["m"]},
+                     "forge": {"type": "gitlab", "repo": repo, "token_file": "/t"}},
+                    Path("t.toml"), {})
+        assert cfg.forge is not None and cfg.forge.repo == repo
