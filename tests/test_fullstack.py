@@ -465,6 +465,24 @@ def worker_events(stack: Stack) -> list[dict[str, Any]]:
     return redis_list(stack, "mysite:worker-events")
 
 
+def celery_logs(stack: Stack) -> str:
+    return "".join(p.read_text(errors="replace")
+                   for p in sorted((stack.base / "sv" / "logs").glob("celery*.log")))
+
+
+def ready_events(stack: Stack, count: int, timeout: float = 60) -> list[dict[str, Any]]:
+    """The workers' "ready" records once there are `count` (a worker is RUNNING for
+    supervisord after startsecs; it says ready once connected to the broker)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready = [e for e in worker_events(stack) if e["event"] == "ready"]
+        if len(ready) >= count:
+            return ready
+        time.sleep(0.2)
+    raise AssertionError(f"{count} ready events expected: {worker_events(stack)}\n"
+                         f"{celery_logs(stack)[-3000:]}")
+
+
 def step_end(res: subprocess.CompletedProcess[str], step: str) -> float:
     """When watcher logged the end of `step`, as a Unix time."""
     (event,) = [e for e in log_events(res.stderr + res.stdout)
@@ -486,7 +504,7 @@ def test_workers_restart_warmly_after_health_onto_the_new_code(stack: Stack) -> 
     res, report = stack.deploy()
     names = list(steps(report))
     assert names.index("workers") == names.index("health") + 1, names
-    (first,) = [e for e in worker_events(stack) if e["event"] == "ready"]
+    (first,) = ready_events(stack, 1)
     assert first["at"] > step_end(res, "health")  # started once the web was healthy
     enqueue(stack, "warm-up")
     assert task_event(stack, "warm-up", "done")["code"] == "v1"
@@ -502,15 +520,14 @@ def test_workers_restart_warmly_after_health_onto_the_new_code(stack: Stack) -> 
     assert (long_done["code"], long_done["pid"]) == ("v1", running["pid"])  # old code, finished
     enqueue(stack, "after")
     assert task_event(stack, "after", "done")["code"] == "v2"
+    ready = ready_events(stack, 2)
     events = worker_events(stack)
-    ready = [e for e in events if e["event"] == "ready"]
     assert len(ready) == 2 and ready[-1]["at"] > step_end(res, "health")
     assert ready[-1]["at"] > long_done["at"]  # the new worker came after the task finished
     shutdowns = [e for e in events if e["event"] == "shutdown"]
     assert [(e["pid"], e["sig"], e["how"]) for e in shutdowns] == [
         (first["pid"], "SIGTERM", "Warm")]
-    logs = "".join(p.read_text(errors="replace")
-                   for p in (stack.base / "sv" / "logs").glob("celery*.log"))
+    logs = celery_logs(stack)
     assert "Restarting celery worker" not in logs and "SIGHUP" not in logs
     assert "supervisor.hup" not in [
         e["event"] for e in log_events(res.stderr) if e.get("program") in ("celery",
