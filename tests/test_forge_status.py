@@ -251,3 +251,20 @@ def test_gitlab_takes_a_nested_path_or_a_project_id() -> None:
                      "forge": {"type": "gitlab", "repo": repo, "token_file": "/t"}},
                     Path("t.toml"), {})
         assert cfg.forge is not None and cfg.forge.repo == repo
+
+
+def test_a_rollback_by_hand_is_a_new_github_deployment_of_the_older_commit(
+        tmp_path: Path) -> None:
+    """`watcher rollback` on GitHub: a new Deployment of the older commit ends success and
+    the one it replaced goes inactive; commit statuses are left as the deploys set them."""
+    with FakeForge("github", TOKEN, REPO["github"]) as forge:
+        n = notifier(forge, tmp_path)
+        run_deploy(n, "succeeded", from_sha=OLD, to_sha=NEW)
+        statuses = list(forge.statuses)
+        n.finished(report("succeeded", new_report_id(), event="rollback", from_sha=NEW,
+                          to_sha=OLD))
+        assert forge.refused == [] and forge.statuses == statuses
+        deps = sorted(forge.deployments.values(), key=lambda d: d.id)
+        assert [(d.sha, d.statuses) for d in deps] == [
+            (NEW, ["in_progress", "success", "inactive"]), (OLD, ["in_progress", "success"])]
+        assert deps[1].descriptions[-1].startswith("rolled back by hand: live on production as ")

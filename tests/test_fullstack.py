@@ -535,13 +535,13 @@ def test_workers_restart_warmly_after_health_onto_the_new_code(stack: Stack) -> 
 
 
 def test_a_worker_that_fails_to_start_rolls_the_deploy_back(stack: Stack) -> None:
-    """A task module that breaks the worker (the web does not import it) passes health but
-    the worker never reaches RUNNING: the deploy rolls back, the report names the worker,
+    """A Celery app module that breaks the workers (the web never imports it) passes health
+    but the workers never reach RUNNING: the deploy rolls back, the report names the worker,
     the old release serves and the workers run the old code again."""
     live, live_sha = stack.live(), stack.served_sha()
-    tasks = (stack.work / "pages" / "tasks.py").read_text()
-    bad = stack.commit({"pages/tasks.py": 'raise RuntimeError("broken task module")\n' + tasks},
-                       "A task module that cannot be imported")
+    app = (stack.work / "mysite" / "celery.py").read_text()
+    bad = stack.commit({"mysite/celery.py": 'raise RuntimeError("broken celery app")\n' + app},
+                       "A Celery app that cannot be imported")
     _, report = stack.deploy(expect=1)
     assert (report["outcome"], report["to_sha"]) == ("rolled_back", bad)
     assert report["error"]["step"] == "workers"

@@ -60,8 +60,9 @@ def api_url(cfg: ForgeConfig) -> str:
 def describe(report: Report, environment: str) -> str:
     """One line for the status: where it went live, or why not (the refusal's own words)."""
     if report.outcome == "succeeded":
-        verb = "rolled back by hand to" if report.event == "rollback" else "live on"
-        text = f"{verb} {environment} as {report.release}"
+        text = f"live on {environment} as {report.release}"
+        if report.event == "rollback":
+            text = f"rolled back by hand: {text}"
     else:
         what = {"failed": "not deployed", "rolled_back": "rolled back",
                 "rollback_failed": "rollback failed"}.get(report.outcome, report.outcome)
