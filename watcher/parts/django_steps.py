@@ -61,6 +61,14 @@ class Verdict:
         return f"{text}; {self.fix}" if self.fix else text
 
 
+def refusal(unsafe: list[Verdict]) -> str:
+    """The gate's error for unsafe migrations, one operation a line (DESIGN 2a)."""
+    n = len(unsafe)
+    head = (f"{n} migration operation{'s' if n != 1 else ''} would break the live release "
+            f"while it serves on the new schema ({DOCS}):")
+    return "\n  ".join([head, *(v.line() for v in unsafe)])
+
+
 @dataclass(frozen=True)
 class Inspection:
     static_root: str
