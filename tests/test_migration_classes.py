@@ -273,3 +273,65 @@ def test_gate_records_the_leaf_of_every_app(gates: dict[str, tuple]) -> None:
     assert inspection.leaves["c_on_new_model"] == "0003_y"
     assert inspection.leaves["c_run_sql"] == "0002_x"
     assert set(apps) <= set(inspection.leaves)
+
+
+# -- what `rollback --migrate` reverses --------------------------------------------------
+CHAIN = {  # app: [(name, dependencies, operations)]
+    "r_a": [("0001_a", [], 'migrations.CreateModel("A", fields=[("id", models.BigAutoField('
+             'primary_key=True, serialize=False))]),'),
+            ("0002_a", [("r_a", "0001_a")], 'migrations.AddField("a", "x", '
+             "models.IntegerField(null=True)),")],
+    "r_b": [("0001_b", [], 'migrations.CreateModel("B", fields=[("id", models.BigAutoField('
+             'primary_key=True, serialize=False))]),'),
+            ("0002_b", [("r_b", "0001_b"), ("r_a", "0002_a")],
+             'migrations.AddField("b", "a", models.ForeignKey("r_a.a", null=True, '
+             "on_delete=models.CASCADE)),")],
+    "r_c": [("0001_c", [], "migrations.RunSQL('SELECT 1', 'SELECT 1'),"),
+            ("0002_c", [("r_c", "0001_c")], "migrations.RunPython(lambda apps, schema: None),")],
+}
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory) -> Django:
+    """A project whose apps r_a, r_b, r_c have every migration applied (r_b.0002 depends on
+    r_a.0002)."""
+    root = tmp_path_factory.mktemp("reverse")
+    write_project(root, [])
+    settings = root / "proj" / "settings.py"
+    settings.write_text(settings.read_text().replace("INSTALLED_APPS = []",
+                                                     f"INSTALLED_APPS = {sorted(CHAIN)!r}"))
+    for app, migrations in CHAIN.items():
+        (root / app / "migrations").mkdir(parents=True)
+        (root / app / "__init__.py").write_text("")
+        (root / app / "migrations" / "__init__.py").write_text("")
+        for name, deps, ops in migrations:
+            text = MIGRATION % {"deps": deps, "ops": ops}
+            (root / app / "migrations" / f"{name}.py").write_text(text)
+    (root / ".venv").symlink_to(sys.prefix)
+    django = Django(DjangoConfig(), root)
+    django.migrate()
+    return django
+
+
+def test_reversal_names_unknown_migrations_in_dependency_order(chain: Django) -> None:
+    """Migrations an older release does not know are listed dependants first, with one
+    `migrate APP TARGET` per app; an app the older release lacks goes back to zero."""
+    rev = chain.reversal({"r_a": "0001_a", "r_b": "0001_b", "r_c": "0002_c"})
+    assert rev.migrations == ("r_b.0002_b", "r_a.0002_a")
+    assert rev.commands == (("r_b", "0001_b"), ("r_a", "0001_a"))
+    assert rev.irreversible == () and rev.problems == ()
+    gone = chain.reversal({"r_a": "0002_a", "r_b": "0002_b"})
+    assert gone.migrations == ("r_c.0002_c", "r_c.0001_c")
+    assert gone.commands == (("r_c", "zero"),)
+    assert gone.irreversible == ("r_c.0002_c: RunPython cannot be reversed",)
+    assert chain.reversal({"r_a": "0009_nope"}).problems
+
+
+def test_reversal_commands_unapply_exactly_those(chain: Django) -> None:
+    """Running the commands leaves the schema where the older release expects it."""
+    leaves = {"r_a": "0001_a", "r_b": "0001_b", "r_c": "0002_c"}
+    for app, target in chain.reversal(leaves).commands:
+        chain.migrate(app, target, step="migrate_back")
+    assert chain.reversal(leaves).migrations == ()
+    assert [*chain.inspect().pending] == ["r_a.0002_a", "r_b.0002_b"]
+    chain.migrate()

@@ -6,6 +6,7 @@ import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from watcher.config import DjangoConfig
 from watcher.errors import StepFailed
@@ -14,7 +15,18 @@ from watcher.parts.runner import Result, clean_env, run
 MARK = "WATCHER-INSPECT "
 DOCS = "docs/migrations.md"
 # In-release helpers: plain Python files that the script below reads and execs.
-CLASSES_PY = str(Path(__file__).resolve().parent / "inrelease" / "migration_classes.py")
+INRELEASE = Path(__file__).resolve().parent / "inrelease"
+CLASSES_PY = str(INRELEASE / "migration_classes.py")
+_REVERSE = (  # `OUT` and `LEAVES` are put in front
+    "import json\n"
+    "from django.db import connections, DEFAULT_DB_ALIAS\n"
+    "from django.db.migrations.executor import MigrationExecutor\n"
+    "_mr = {'__name__': 'watcher_migration_reverse'}\n"
+    "exec(compile(open(" + repr(str(INRELEASE / "migration_reverse.py")) + ").read(),"
+    " 'migration_reverse.py', 'exec'), _mr)\n"
+    "ex = MigrationExecutor(connections[DEFAULT_DB_ALIAS])\n"
+    "open(OUT, 'w').write(json.dumps(_mr['reversal'](ex, LEAVES)))\n"
+)
 # Runs inside `manage.py shell -c`, so the settings module is whatever manage.py sets;
 # `inspect` puts `CLASSIFY = True|False` and `OUT = <a temp file's path>` in front.
 _INSPECT = (
@@ -67,6 +79,16 @@ def refusal(unsafe: list[Verdict]) -> str:
     head = (f"{n} migration operation{'s' if n != 1 else ''} would break the live release "
             f"while it serves on the new schema ({DOCS}):")
     return "\n  ".join([head, *(v.line() for v in unsafe)])
+
+
+@dataclass(frozen=True)
+class Reversal:
+    """Migrations applied now that an older release does not know (DESIGN 2a)."""
+
+    migrations: tuple[str, ...]  # app.name, in the order Django unapplies them
+    commands: tuple[tuple[str, str], ...]  # `migrate APP TARGET`, in dependency order
+    irreversible: tuple[str, ...]  # "app.name: RunPython cannot be reversed"
+    problems: tuple[str, ...]  # why it cannot be worked out at all
 
 
 @dataclass(frozen=True)
@@ -146,19 +168,13 @@ class Django:
         configured): a system check error fails the step before anything is inspected. One
         boot instead of two saves about 0.4 s on every deploy.
         """
-        with tempfile.TemporaryDirectory(prefix="watcher-inspect-") as tmp:
-            out = Path(tmp) / "migrations.json"
-            script = f"CLASSIFY = {classify!r}\nOUT = {str(out)!r}\n" + _INSPECT
-            if gate:
-                script = (
-                    "from django.core.management import call_command\n"
-                    f"call_command('check', deploy={self.cfg.check_deploy!r})\n" + script
-                )
-            res = self.manage("shell", "--verbosity", "0", "-c", script, step=step)
-            try:
-                more = json.loads(out.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                more = None
+        script = f"CLASSIFY = {classify!r}\n" + _INSPECT
+        if gate:
+            script = (
+                "from django.core.management import call_command\n"
+                f"call_command('check', deploy={self.cfg.check_deploy!r})\n" + script
+            )
+        res, more = self._shell_json(script, step)
         for line in reversed(res.output.splitlines()):
             if line.startswith(MARK) and more is not None:
                 data = json.loads(line[len(MARK):])
@@ -170,8 +186,32 @@ class Django:
         raise StepFailed(step, "could not read STATIC_ROOT and migrations from Django",
                          res.output)
 
-    def migrate(self) -> Result:
-        return self.manage("migrate", "--noinput", step="migrate")
+    def _shell_json(self, script: str, step: str) -> tuple[Result, Any]:
+        """Run `script` in `manage.py shell`; what it wrote as JSON to the file `OUT` (None
+        when it wrote nothing). A file, not stdout: the output is kept only as a tail."""
+        with tempfile.TemporaryDirectory(prefix="watcher-django-") as tmp:
+            out = Path(tmp) / "out.json"
+            script = f"OUT = {str(out)!r}\n" + script
+            res = self.manage("shell", "--verbosity", "0", "-c", script, step=step)
+            try:
+                return res, json.loads(out.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return res, None
+
+    def migrate(self, app: str = "", target: str = "", step: str = "migrate") -> Result:
+        """`migrate --noinput`, or `migrate APP TARGET` (forwards or backwards)."""
+        return self.manage("migrate", *(a for a in (app, target) if a), "--noinput", step=step)
+
+    def reversal(self, leaves: dict[str, str], step: str = "migrate_back") -> Reversal:
+        """What it takes to bring the schema back to a release that knew `leaves` (its
+        newest migration per app), read from this (newer) release's migration files."""
+        res, data = self._shell_json(f"LEAVES = {leaves!r}\n" + _REVERSE, step)
+        if data is None:
+            raise StepFailed(step, "could not read the migrations to reverse from Django",
+                             res.output)
+        return Reversal(tuple(data["migrations"]),
+                        tuple((str(a), str(t)) for a, t in data["commands"]),
+                        tuple(data["irreversible"]), tuple(data["problems"]))
 
     def collectstatic(self) -> Result:
         return self.manage("collectstatic", "--noinput", step="collectstatic")
