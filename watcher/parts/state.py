@@ -30,6 +30,9 @@ class ReleaseRecord:
     venv: str
     ok: bool = True
     colour: str = ""
+    # The newest migration per app when it went live, {app: name} (DESIGN 2a); empty for
+    # releases recorded before watcher kept them.
+    migrations: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
