@@ -19,7 +19,8 @@ import pytest
 from support.site import wheelhouse
 
 from watcher.config import DjangoConfig
-from watcher.parts.django_steps import Django, Inspection
+from watcher.engine.migrations import ALLOWED, MigrationPolicy, decide
+from watcher.parts.django_steps import Django, Inspection, Verdict
 
 BASE = """
 migrations.CreateModel(name="Item", fields=[
@@ -335,3 +336,46 @@ def test_reversal_commands_unapply_exactly_those(chain: Django) -> None:
     assert chain.reversal(leaves).migrations == ()
     assert [*chain.inspect().pending] == ["r_a.0002_a", "r_b.0002_b"]
     chain.migrate()
+
+
+# -- what the classes decide (pure) --------------------------------------------------------
+def _v(migration: str, klass: str, op: str = "Op(m.f)") -> Verdict:
+    return Verdict(migration, op, klass, "why", "fix" if klass == "unsafe" else "")
+
+
+SAFE, UNSAFE = _v("a.0002", "safe"), _v("a.0003", "unsafe", "AddField(m.x)")
+UNKNOWN, CONTRACT = _v("b.0002", "unknown", "RunPython"), _v("c.0002", "contract")
+PENDING = Inspection("", "", ("a.0002", "a.0003", "b.0002", "c.0002"),
+                     (SAFE, UNSAFE, UNKNOWN, CONTRACT))
+NO_UNSAFE = Inspection("", "", ("a.0002", "b.0002", "c.0002"), (SAFE, UNKNOWN, CONTRACT))
+UNKNOWN_WARNING = "unknown migration operation: b.0002: RunPython: why"
+UNSAFE_WARNING = "unsafe migration operation: a.0003: AddField(m.x): why; fix"
+
+
+@pytest.mark.parametrize(("inspection", "mode", "first", "allow", "expect"), [
+    # refuse: any unsafe operation stops the deploy in the gate
+    (PENDING, "refuse", False, False,
+     MigrationPolicy(refusal="1 migration operation would break the live release while it "
+                     "serves on the new schema (docs/migrations.md):\n"
+                     "  a.0003: AddField(m.x): why; fix", warnings=[UNKNOWN_WARNING])),
+    # ...unless asked on purpose, or with warn: listed in the warnings
+    (PENDING, "refuse", False, True,
+     MigrationPolicy(warnings=[ALLOWED, UNSAFE_WARNING, UNKNOWN_WARNING],
+                     before_switch=[("a", "0003"), ("b", "0002")], contract=["c.0002"])),
+    (PENDING, "warn", False, False,
+     MigrationPolicy(warnings=[UNSAFE_WARNING, UNKNOWN_WARNING],
+                     before_switch=[("a", "0003"), ("b", "0002")], contract=["c.0002"])),
+    # a first deploy has nothing to protect: all before the switch, nothing refused
+    (PENDING, "refuse", True, False, MigrationPolicy(warnings=[UNKNOWN_WARNING])),
+    # no unsafe operation: contract migrations are held for after the switch
+    (NO_UNSAFE, "refuse", False, False,
+     MigrationPolicy(warnings=[UNKNOWN_WARNING],
+                     before_switch=[("a", "0002"), ("b", "0002")], contract=["c.0002"])),
+    # off: nothing classed, one plain migrate
+    (PENDING, "off", False, False, MigrationPolicy()),
+    (Inspection("", "", ()), "refuse", False, False, MigrationPolicy()),
+])
+def test_policy_from_the_classes(inspection: Inspection, mode: str, first: bool, allow: bool,
+                                 expect: MigrationPolicy) -> None:
+    """refuse / warn / off, first deploys and --allow-unsafe-migrations, as DESIGN 2a says."""
+    assert decide(inspection, mode, first_deploy=first, allow_unsafe=allow) == expect
