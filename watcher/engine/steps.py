@@ -58,6 +58,8 @@ TABLE: tuple[StepKind, ...] = (
     StepKind("switch", "go_live", "roll_back", "current -> the new release, atomically"),
     StepKind("reload", "go_live", "roll_back", "reload the app over Supervisord's XML-RPC"),
     StepKind("health", "go_live", "roll_back", "health URL until it passes or times out"),
+    StepKind("contract_migrate", "after", "keep",
+             "contract migrations (DESIGN 2a), once the old code no longer serves"),
     StepKind("post_switch", "after", "keep", "hooks.post_switch in the live release"),
     StepKind("prune", "after", "keep", "remove old releases and unused venvs"),
 )

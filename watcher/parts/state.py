@@ -42,6 +42,10 @@ class State:
     bad: dict[str, dict[str, Any]] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     last_check: dict[str, Any] = field(default_factory=dict)
+    # Contract migrations under way (DESIGN 2a): {"release": name, "migrations": [...]},
+    # written before they start and cleared when they end; a kill in between leaves it for
+    # the next start, which runs them again.
+    contract: dict[str, Any] = field(default_factory=dict)
 
     # -- queries -------------------------------------------------------------------------
     def live_record(self) -> ReleaseRecord | None:
@@ -79,6 +83,7 @@ class State:
             "bad": self.bad,
             "history": self.history,
             "last_check": self.last_check,
+            "contract": self.contract,
         }
 
     @classmethod
@@ -89,6 +94,7 @@ class State:
             bad=dict(data.get("bad", {})),
             history=list(data.get("history", [])),
             last_check=dict(data.get("last_check", {})),
+            contract=dict(data.get("contract", {})),
         )
 
 
