@@ -10,6 +10,8 @@ whole rollback before anything changes. Automatic rollbacks never reverse migrat
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import structlog
 
 from watcher.engine.deploy import Deployer
@@ -29,6 +31,7 @@ from watcher.parts.django_steps import Django, Reversal
 from watcher.parts.state import ReleaseRecord, State
 
 log = structlog.get_logger()
+NAMING_TIMEOUT_S = 60.0
 
 
 def rollback(deployer: Deployer, target: str | None = None, lock_wait: float = 0.0,
@@ -43,7 +46,11 @@ def rollback(deployer: Deployer, target: str | None = None, lock_wait: float = 0
             raise UsageError("nothing to roll back: no release is live yet")
         record = _target(state, set(layout.names()), live, target)
         newer = Django(deployer.cfg.django, layout.release(live.name))
-        reversal = _reversal(newer, record) if migrate or record.migrations else None
+        # Only naming them must not hold up an urgent rollback when the live release hangs.
+        quick = Django(replace(deployer.cfg.django, timeout=min(deployer.cfg.django.timeout,
+                                                                NAMING_TIMEOUT_S)),
+                       layout.release(live.name))
+        reversal = _reversal(newer if migrate else quick, record)
         if migrate:
             refusal = _refusal(record, reversal)
             if refusal:
