@@ -34,6 +34,8 @@ system-deps:
 $(WHEELHOUSE)/.complete: $(REQS) | $(VENV)/.installed
 	mkdir -p $(WHEELHOUSE)
 	$(BIN)/pip wheel -q --disable-pip-version-check $(addprefix -r ,$(REQS)) -w $(WHEELHOUSE)
+	# Django 4.2 too: the migration-class tests also run on the oldest Django supported.
+	$(BIN)/pip download -q --disable-pip-version-check --no-deps 'Django>=4.2,<4.3' -d $(WHEELHOUSE)
 	touch $@
 
 wheelhouse: $(WHEELHOUSE)/.complete

@@ -405,6 +405,39 @@ def test_the_fix_deploys_only_the_migration_that_did_not_run(stack: Stack) -> No
     assert stack.served_sha() == sha
 
 
+MIGRATION_0005 = '''from django.db import migrations, models
+
+
+class Migration(migrations.Migration):
+    dependencies = [("pages", "0004_backfill")]
+    operations = [migrations.AddField("visit", "size", models.IntegerField(default=0))]
+'''
+
+
+def test_a_refused_migration_leaves_the_mariadb_schema_untouched(stack: Stack) -> None:
+    """An unsafe AddField (NOT NULL, no db_default) stops the deploy in the gate: MariaDB's
+    schema is untouched and the old code keeps writing (DESIGN 2a)."""
+    live, live_sha = stack.live(), stack.served_sha()
+    columns = stack.db.sql("SHOW COLUMNS FROM mysite.pages_visit")
+    count = "SELECT COUNT(*) FROM mysite.pages_visit"
+    fields = ("referrer = models.CharField(max_length=200, null=True, blank=True)",
+              "note = models.TextField(null=True)")
+    stack.commit({"pages/models.py": models_with(*fields, "size = models.IntegerField(default=0)"),
+                  "pages/migrations/0005_visit_size.py": MIGRATION_0005}, "Count visit sizes")
+    _, report = stack.deploy(expect=1)
+    assert report["outcome"] == "failed" and report["error"]["step"] == "check"
+    assert ("pages.0005_visit_size: AddField(visit.size): NOT NULL without db_default: the old "
+            "code's INSERTs fail; add db_default=..., or null=True, and backfill in a later "
+            "deploy") in report["error"]["message"]
+    assert stack.db.sql("SHOW COLUMNS FROM mysite.pages_visit") == columns
+    assert stack.live() == live and stack.served_sha() == live_sha
+    before = int(stack.db.sql(count))
+    assert stack.get("/")[0] == 200
+    assert int(stack.db.sql(count)) == before + 1
+    stack.commit({"pages/models.py": models_with(*fields),
+                  "pages/migrations/0005_visit_size.py": None}, "Do not count sizes after all")
+
+
 def test_static_files_on_a_cdn_bucket_are_collected_there_and_never_carried(
         stack: Stack) -> None:
     """With a remote static backend, collectstatic runs when static files change and writes

@@ -50,9 +50,12 @@ BLUEGREEN = {"programs": ["mysite_blue", "mysite_green"],
 CASES: list[tuple[str, PlanInput, dict[str, dict[str, Any]], dict[str, str | None]]] = [
     ("first deploy", first(), {},
      {"venv": "build", "migrate": "auto", "collectstatic": "run", "reload": "restart",
-      "health": "run", "shared": None, "pre_switch": None}),
+      "health": "run", "shared": None, "pre_switch": None, "contract_migrate": None}),
     ("code only", code_only(), {},
-     {"venv": "reuse", "migrate": "auto", "collectstatic": "carry", "reload": "hup"}),
+     {"venv": "reuse", "migrate": "auto", "collectstatic": "carry", "reload": "hup",
+      "contract_migrate": "auto"}),
+    ("migration_safety off: no contract step", code_only(),
+     {"django": {"migration_safety": "off"}}, {"migrate": "auto", "contract_migrate": None}),
     ("template only", code_only("pages/templates/pages/index.html"), {},
      {"collectstatic": "carry", "reload": "hup"}),
     ("requirements changed", new_venv("requirements.txt"), {},
@@ -74,7 +77,8 @@ CASES: list[tuple[str, PlanInput, dict[str, dict[str, Any]], dict[str, str | Non
     ("changes unknown (history rewritten)",
      PlanInput(LIVE, OLD_VENV, NEW, OLD_VENV, True, None), {},
      {"collectstatic": "run", "reload": "hup"}),
-    ("migrate never", code_only(), {"django": {"migrate": "never"}}, {"migrate": None}),
+    ("migrate never", code_only(), {"django": {"migrate": "never"}},
+     {"migrate": None, "contract_migrate": None}),
     ("migrate always", code_only(), {"django": {"migrate": "always"}}, {"migrate": "run"}),
     ("collectstatic never, static changed", code_only("pages/static/x.css"),
      {"django": {"collectstatic": "never"}}, {"collectstatic": None}),
@@ -122,7 +126,7 @@ def test_every_step_in_order_with_everything_configured() -> None:
     ))
     assert plan.names == ("fetch", "export", "shared", "venv", "check", "migrate",
                           "collectstatic", "pre_switch", "switch", "reload", "health",
-                          "post_switch", "prune")
+                          "contract_migrate", "post_switch", "prune")
 
 
 def test_plan_reasons_name_the_changed_path() -> None:

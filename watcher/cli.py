@@ -32,8 +32,13 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("once", parents=[common], help="one check; deploy if the branch moved")
     d = sub.add_parser("deploy", parents=[common], help="deploy a commit, tag or branch now")
     d.add_argument("rev")
+    d.add_argument("--allow-unsafe-migrations", action="store_true",
+                   help="deploy even when migrations would break the live code "
+                        "(docs/migrations.md)")
     r = sub.add_parser("rollback", parents=[common], help="switch to the previous release")
     r.add_argument("release", nargs="?")
+    r.add_argument("--migrate", action="store_true",
+                   help="first reverse the migrations the older release does not know")
     s = sub.add_parser("status", parents=[common], help="live release and last check")
     s.add_argument("--json", action="store_true")
     h = sub.add_parser("history", parents=[common],

@@ -28,7 +28,8 @@ def once(cfg: Config, args: argparse.Namespace) -> int:
 
 def deploy(cfg: Config, args: argparse.Namespace) -> int:
     try:
-        return _say(Deployer(cfg).deploy_rev(args.rev, lock_wait=args.wait))
+        return _say(Deployer(cfg).deploy_rev(args.rev, lock_wait=args.wait,
+                                             allow_unsafe=args.allow_unsafe_migrations))
     except GitError as exc:
         # Only resolving REV raises GitError out of deploy_rev (git failures inside the deploy
         # become StepFailed): a rev git does not know is the operator's typo, exit 2.
@@ -38,7 +39,8 @@ def deploy(cfg: Config, args: argparse.Namespace) -> int:
 def rollback(cfg: Config, args: argparse.Namespace) -> int:
     from watcher.engine.rollback import rollback as do_rollback
 
-    return _say(do_rollback(Deployer(cfg), args.release, lock_wait=args.wait))
+    return _say(do_rollback(Deployer(cfg), args.release, lock_wait=args.wait,
+                            migrate=args.migrate))
 
 
 def status(cfg: Config, args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ ReloadMode = Literal["hup", "restart", "bluegreen"]
 StepOutcome = Literal["ok", "failed", "timeout", "skipped"]
 StepName = Literal[
     "fetch", "export", "shared", "venv", "check", "migrate", "collectstatic", "pre_switch",
-    "switch", "reload", "health", "workers", "post_switch", "prune",
+    "switch", "reload", "health", "workers", "contract_migrate", "post_switch", "prune",
 ]
 
 EVENTS: tuple[Event, ...] = get_args(Event)

@@ -1,5 +1,5 @@
-"""A bounded Python load generator for the zero-downtime tests: steady GETs from a few
-threads over keep-alive connections, every answer that is not a 200 counted as failed.
+"""A bounded Python load generator for the zero-downtime tests: steady GETs (or POSTs) from
+a few threads over keep-alive connections, every answer that is not a 200 counted as failed.
 
     load = Load(nginx.url + "/healthz", rate=120).start()
     ...  # deploy
@@ -38,10 +38,12 @@ class Load:
     `max_requests`. Every request that is not a 200 counts as failed."""
 
     def __init__(self, url: str, rate: float = 150, threads: int = 4,
-                 max_seconds: float = 60, max_requests: int = 10_000) -> None:
+                 max_seconds: float = 60, max_requests: int = 10_000,
+                 method: str = "GET") -> None:
         parts = urllib.parse.urlsplit(url)
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
         self.path = parts.path or "/"
+        self.method = method  # POST: steady writes (the example app's /write)
         self.interval = threads / rate
         self.deadline = time.monotonic() + max_seconds
         self.budget = max_requests // threads
@@ -71,7 +73,7 @@ class Load:
             error, body = "", ""
             try:
                 conn = conn or http.client.HTTPConnection(self.host, self.port, timeout=10)
-                conn.request("GET", self.path)
+                conn.request(self.method, self.path)
                 resp = conn.getresponse()
                 body = resp.read().decode(errors="replace").strip()
                 if resp.status != 200:

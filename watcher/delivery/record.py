@@ -46,11 +46,14 @@ class Report:
     commits: tuple[Commit, ...]
     migrations_applied: tuple[str, ...]
     watcher_version: str
+    warnings: tuple[str, ...] = ()  # e.g. migrations run that the old code may not survive
+    migrations_reversed: tuple[str, ...] = ()  # by `watcher rollback --migrate`
 
     def to_dict(self) -> dict[str, Any]:
         """The document of DESIGN §7, field for field and in order; `error` None when absent."""
         doc = asdict(self)
-        for key in ("steps", "commits", "migrations_applied"):
+        for key in ("steps", "commits", "migrations_applied", "warnings",
+                    "migrations_reversed"):
             doc[key] = list(doc[key])
         return doc
 

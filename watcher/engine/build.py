@@ -14,6 +14,7 @@ from pathlib import Path
 import structlog
 
 from watcher.config import Config
+from watcher.engine.migrations import MigrationPolicy, decide
 from watcher.engine.plan import Plan, Step
 from watcher.engine.steps import StepLog
 from watcher.errors import StepFailed
@@ -27,7 +28,8 @@ SOURCE = ("fetch", "export")  # run by the executor itself: the plan is made fro
 
 class Builder:
     def __init__(self, cfg: Config, layout: Layout, release: Path, plan: Plan,
-                 steps: StepLog, venv_digest: str, live_release: Path | None) -> None:
+                 steps: StepLog, venv_digest: str, live_release: Path | None,
+                 allow_unsafe: bool = False) -> None:
         self.cfg = cfg
         self.layout = layout
         self.release = release
@@ -37,6 +39,8 @@ class Builder:
         self.live_release = live_release
         self.django = Django(cfg.django, release)
         self.inspection: Inspection | None = None
+        self.allow_unsafe = allow_unsafe  # `deploy --allow-unsafe-migrations`
+        self.policy = MigrationPolicy()  # from the migration classes (DESIGN 2a)
         # Which pending migrations ran, also when migrate failed halfway (MySQL DDL is not
         # transactional, so a failed migrate can leave the schema partly changed).
         self.migrations_applied: list[str] = []
@@ -65,17 +69,32 @@ class Builder:
             venvs.link(self.release, self.digest)
 
     def check(self, step: Step) -> None:
+        mode = self.cfg.django.migration_safety
         with self.steps.step("check", step.reason):
-            self.inspection = self.django.inspect(gate=True)
+            self.inspection = self.django.inspect(gate=True, classify=mode != "off")
+            self.policy = decide(self.inspection, mode, first_deploy=self.live_release is None,
+                                 allow_unsafe=self.allow_unsafe)
+            for warning in self.policy.warnings:
+                log.warning("migrate.warning", warning=warning)
+            if self.policy.refusal:  # before any migration ran: the schema is untouched
+                raise StepFailed("check", self.policy.refusal)
 
     def migrate(self, step: Step) -> None:
-        pending = self.inspection.pending if self.inspection else ()
+        """Every pending migration but the contract ones, which wait for step 12b."""
+        held = set(self.policy.contract)
+        pending = tuple(m for m in (self.inspection.pending if self.inspection else ())
+                        if m not in held)
         if step.action == "auto" and not pending:
-            self.steps.skipped("migrate", "no pending migrations")
+            self.steps.skipped("migrate", "only contract migrations pending: after the switch"
+                               if held else "no pending migrations")
             return
+        targets = self.policy.before_switch
         try:
             with self.steps.step("migrate", step.reason, pending=list(pending)):
-                self.django.migrate()
+                if targets is None:
+                    self.django.migrate()
+                for app, name in targets or ():
+                    self.django.migrate(app, name)
         except StepFailed:
             self.migrations_applied = self._applied_after_failure(pending)
             raise

@@ -30,7 +30,7 @@ from watcher.errors import (
     TransientError,
     WatcherError,
 )
-from watcher.parts import lock, releases, runner, venvs
+from watcher.parts import lock, procs, releases, runner, venvs
 from watcher.parts.django_steps import Django
 from watcher.parts.gitsource import GitSource
 from watcher.parts.releases import Layout
@@ -39,6 +39,9 @@ from watcher.parts.state import ReleaseRecord, State, StateFile
 __all__ = ["Deployer", "Outcome"]
 
 log = structlog.get_logger()
+# Step 12b waits this long for the old Gunicorn workers to finish their requests after a HUP
+# (Gunicorn's graceful_timeout, 20 s in the shipped config, plus a margin).
+OLD_WORKERS_TIMEOUT_S = 60.0
 
 
 class Deployer:
@@ -87,15 +90,17 @@ class Deployer:
                 return Outcome("known_bad", EXIT_FAILED, head, state.live, msg)
             return self.deploy(state, head)
 
-    def deploy_rev(self, rev: str, lock_wait: float = 0.0) -> Outcome:
-        """`watcher deploy REV`: a branch, tag or sha, also a known-bad one."""
+    def deploy_rev(self, rev: str, lock_wait: float = 0.0,
+                   allow_unsafe: bool = False) -> Outcome:
+        """`watcher deploy REV`: a branch, tag or sha, also a known-bad one; with
+        `allow_unsafe`, also one whose migrations the live code would not survive."""
         with self.locked(lock_wait) as state:
             sha = self.git.resolve(rev)
             live = state.live_record()
             if live is not None and live.sha == sha:
                 return Outcome("unchanged", EXIT_OK, sha, live.name, "already live")
             state.bad.pop(sha, None)
-            outcome = self.deploy(state, sha)
+            outcome = self.deploy(state, sha, allow_unsafe=allow_unsafe)
             if outcome.outcome == "succeeded":
                 self._hold(state, rev, sha)
             return outcome
@@ -111,7 +116,7 @@ class Deployer:
             log.info("deploy.head_held_back", head=head[:12], live=sha[:12])
 
     # -- the deploy --------------------------------------------------------------------
-    def deploy(self, state: State, sha: str) -> Outcome:
+    def deploy(self, state: State, sha: str, allow_unsafe: bool = False) -> Outcome:
         run = self.journal.open("deploy", state, sha)
         live = state.live_record()
         name = releases.release_name(sha)
@@ -123,8 +128,11 @@ class Deployer:
             log.info("deploy.plan", steps=[f"{s.name}:{s.action}" for s in plan.steps],
                      reasons={s.name: s.reason for s in plan.steps})
             builder = Builder(self.cfg, self.layout, release, plan, run.steps, digest,
-                              self.layout.release(live.name) if live else None)
-            builder.run()
+                              self.layout.release(live.name) if live else None, allow_unsafe)
+            try:
+                builder.run()
+            finally:
+                run.warnings = list(builder.policy.warnings)
         except (TransientError, Interrupted):
             # Not the commit's fault: nothing is marked bad, the next check tries again.
             releases.remove(release)
@@ -143,6 +151,8 @@ class Deployer:
             self.journal.last_check(state, "transient", sha)
             raise
         colour = live.colour if live else ""
+        contract = builder.policy.contract
+        old = self.switcher.serving_workers() if contract else frozenset()
         try:
             colour = self.switcher.go_live(name, sha, plan.phase("go_live"), run.steps,
                                            colour=colour)
@@ -150,8 +160,9 @@ class Deployer:
             state.mark_bad(sha, exc.step, exc.message)
             return self._roll_back(state, run, live, plan, name, exc)
         self.journal.went_live(state, run, ReleaseRecord(
-            name=name, sha=sha, venv=builder.digest, colour=colour))
-        self._after(state, plan.phase("after"), run)
+            name=name, sha=sha, venv=builder.digest, colour=colour,
+            migrations=dict(builder.inspection.leaves) if builder.inspection else {}))
+        self._after(state, plan.phase("after"), run, contract, old)
         return self.journal.close(state, run, "succeeded", EXIT_OK, name, None)
 
     def _source(self, run: Run, sha: str, live: ReleaseRecord | None,
@@ -198,13 +209,17 @@ class Deployer:
         releases.remove(self.layout.release(failed))
         return self.journal.close(state, run, "rolled_back", EXIT_FAILED, live.name, exc)
 
-    def _after(self, state: State, plan: tuple[Step, ...], run: Run) -> None:
-        """Step 13: post_switch hooks and pruning; failures are logged, the deploy stays."""
+    def _after(self, state: State, plan: tuple[Step, ...], run: Run,
+               contract: list[str], old: procs.Snapshot) -> None:
+        """Steps 12b and 13: contract migrations, post_switch hooks and pruning; failures are
+        logged and reported, the deploy stays."""
         live = state.live_record()
         if live is None:
             return
         for step in plan:
-            if step.name == "post_switch":
+            if step.name == "contract_migrate":
+                self._contract(state, run, step, contract, old)
+            elif step.name == "post_switch":
                 django = Django(self.cfg.django, self.layout.release(live.name))
                 for i, argv in enumerate(self.cfg.hooks.post_switch):
                     try:
@@ -215,6 +230,41 @@ class Deployer:
             elif step.name == "prune":
                 with run.steps.step("prune", step.reason):
                     self.prune(state)
+
+    def _contract(self, state: State, run: Run, step: Step, migrations: list[str],
+                  old: procs.Snapshot) -> None:
+        """Step 12b (DESIGN 2a): the contract migrations, once the new release passed health
+        and the old code no longer serves (after a HUP: its old workers are gone; a restart or
+        a blue/green swap stopped them already). A failure keeps the new release, which does
+        not use what they remove: reported in `warnings`, and the next deploy retries them."""
+        live = state.live_record()
+        if not migrations or live is None:
+            run.steps.skipped("contract_migrate", "no contract migrations pending")
+            return
+        left = procs.wait_gone(old, OLD_WORKERS_TIMEOUT_S)
+        if left:
+            why = (f"contract migrations postponed to the next deploy: old workers still "
+                   f"serve the previous code (pids {', '.join(map(str, left))})")
+            run.warnings.append(why)
+            run.steps.skipped("contract_migrate", why)
+            return
+        # Crash point: a kill from here until the save in `finally` leaves `contract` in
+        # state.json; the next start runs `migrate` in the live release (recovery.py). Django
+        # skips what did apply, so each migration runs to its end exactly once.
+        state.contract = {"release": live.name, "migrations": migrations}
+        self.state_file.save(state)
+        try:
+            with run.steps.step("contract_migrate", step.reason, pending=migrations):
+                Django(self.cfg.django, self.layout.release(live.name)).migrate(
+                    step="contract_migrate")
+            run.migrations = [*run.migrations, *migrations]
+        except WatcherError as exc:
+            run.warnings.append(f"contract migrations failed; the new release stays and the "
+                                f"next deploy retries them: {exc}")
+            log.warning("contract_migrate.failed", error=str(exc))
+        finally:
+            state.contract = {}
+            self.state_file.save(state)
 
     def prune(self, state: State) -> None:
         existing = set(self.layout.names())

@@ -20,7 +20,7 @@ from watcher.engine.steps import StepLog
 from watcher.errors import StepFailed, TransientError, WatcherError
 from watcher.kinds import ReloadMode
 from watcher.log import register_secret
-from watcher.parts import releases
+from watcher.parts import procs, releases
 from watcher.parts.health import wait_healthy
 from watcher.parts.releases import Layout
 from watcher.parts.supervisor_rpc import Supervisor
@@ -79,6 +79,16 @@ class Switcher:
                 info = sup.reload(program, rpc_mode, self.cfg.supervisor.start_timeout)
                 log.info("reload.done", program=program, mode=rpc_mode, pid=info.pid)
         return colour if self.bluegreen is not None else ""
+
+    def serving_workers(self) -> procs.Snapshot:
+        """The workers of every web program's Gunicorn master now: after a reload, the old
+        code serves until all of them are gone (step 12b waits for that)."""
+        names = list(self.cfg.supervisor.programs)
+        if self.bluegreen is not None:
+            names += [c.program for c in self.bluegreen.colours]
+        with self.supervisor() as sup:
+            masters = {info.pid for info in map(sup.info, names) if info.pid}
+        return procs.children(masters)
 
     def health(self, sha: str, colour: str) -> None:
         bg = self.bluegreen

@@ -59,6 +59,8 @@ class Run:
     id: str = field(default_factory=new_report_id)
     commits: list[Commit] = field(default_factory=list)
     migrations: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    migrations_reversed: list[str] = field(default_factory=list)
     held: Path | None = None  # the placeholder report spooled by went_live
 
 
@@ -152,7 +154,8 @@ class Journal:
             started_at=_iso(run.started), finished_at=_iso(finished),
             duration_s=round(finished - run.started, 3), steps=tuple(run.steps.results),
             error=error, commits=tuple(run.commits), migrations_applied=tuple(run.migrations),
-            watcher_version=__version__,
+            watcher_version=__version__, warnings=tuple(run.warnings),
+            migrations_reversed=tuple(run.migrations_reversed),
         )
 
 

@@ -91,8 +91,10 @@ def make_plan(inp: PlanInput, cfg: Config) -> Plan:
     mode, why = reload_mode(cfg, live_venv=inp.live_venv if inp.live_sha else None,
                             target_venv=inp.target_venv)
     steps.extend(web_steps(cfg, mode, why))
-    # Step 12b: contract migrations (after health) come here, before the workers.
     steps.extend(worker_steps(cfg))
+    contract = _contract_migrate(inp, cfg)
+    if contract:
+        steps.append(contract)
     if cfg.hooks.post_switch:
         steps.append(Step("post_switch", "run", f"{len(cfg.hooks.post_switch)} hook(s)"))
     steps.append(Step("prune", "run", f"keep {cfg.app.keep_releases} releases"))
@@ -117,6 +119,16 @@ def _migrate(cfg: Config) -> Step | None:
     if mode == "always":
         return Step("migrate", "run", "django.migrate = always")
     return Step("migrate", "auto", "run when migrations are pending")
+
+
+def _contract_migrate(inp: PlanInput, cfg: Config) -> Step | None:
+    """Step 12b (DESIGN 2a): removals wait until the old code no longer serves. A first
+    deploy has no old code: everything runs before the switch."""
+    if cfg.django.migrate == "never" or cfg.django.migration_safety == "off":
+        return None
+    if inp.live_sha is None:
+        return None
+    return Step("contract_migrate", "auto", "run when contract migrations are pending")
 
 
 def _collectstatic(inp: PlanInput, cfg: Config) -> Step | None:

@@ -3,7 +3,9 @@
 Crash points: a kill during export/build leaves a release dir state.json does not know:
 removed here. A kill between the switch and the state record leaves `current` on an
 unrecorded release whose reload or health check may not have happened: switch back to the
-recorded live release and reload it; the caller then deploys normally.
+recorded live release and reload it; the caller then deploys normally. A kill during the
+contract migrations of step 12b leaves `state.contract` set: run `migrate` in the live
+release again (Django skips what did apply), once, whatever its result.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from watcher.engine.golive import GoLiveFailed, Switcher
 from watcher.engine.journal import Journal
 from watcher.engine.plan import go_live_steps, reload_mode
 from watcher.engine.steps import StepLog
+from watcher.errors import WatcherError
 from watcher.parts import releases, runner, venvs
+from watcher.parts.django_steps import Django
 from watcher.parts.releases import Layout
 from watcher.parts.state import State
 
@@ -48,6 +52,8 @@ def recover(cfg: Config, layout: Layout, switcher: Switcher, journal: Journal,
         except GoLiveFailed as exc:
             log.error("recover.failed", error=str(exc))
         linked = live.name
+    if state.contract:
+        _contract(cfg, layout, journal, state)
     known = set(state.releases) | ({linked} if linked else set())
     for name in layout.names():
         if name not in known:
@@ -60,3 +66,19 @@ def recover(cfg: Config, layout: Layout, switcher: Switcher, journal: Journal,
             if venv.name.startswith(".") or not (venv / venvs.COMPLETE).exists():
                 log.warning("recover.remove_venv", venv=venv.name)
                 releases.remove(venv)
+
+
+def _contract(cfg: Config, layout: Layout, journal: Journal, state: State) -> None:
+    """Contract migrations a killed watcher left under way: run them again in the live
+    release (its old workers are long gone), then forget them; a failure is logged and the
+    next deploy retries them."""
+    pending, release = state.contract.get("migrations", []), state.contract.get("release")
+    if release == state.live and release and layout.release(release).is_dir():
+        try:
+            with StepLog().step("recover_contract_migrate", pending=pending):
+                Django(cfg.django, layout.release(release)).migrate(step="contract_migrate")
+            log.warning("contract.recovered", release=release, migrations=pending)
+        except WatcherError as exc:
+            log.error("contract.recover_failed", release=release, error=str(exc))
+    state.contract = {}
+    journal.state_file.save(state)

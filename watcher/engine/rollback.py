@@ -1,36 +1,67 @@
-"""`watcher rollback [RELEASE]`: back to the previous (or a named) release, by hand."""
+"""`watcher rollback [RELEASE] [--migrate]`: back to the previous (or a named) release, by
+hand.
+
+Migrations (DESIGN 2a): each release records the newest migration per app it knew when it
+went live. The migrations applied now that the target does not know are named; with
+`--migrate` they are reversed first, with the newer (live) release's code and venv, which
+has their files, in dependency order across apps. One irreversible among them refuses the
+whole rollback before anything changes. Automatic rollbacks never reverse migrations.
+"""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import structlog
 
 from watcher.engine.deploy import Deployer
 from watcher.engine.golive import GoLiveFailed
-from watcher.engine.journal import Outcome
+from watcher.engine.journal import Outcome, Run
 from watcher.engine.plan import go_live_steps, reload_mode
 from watcher.errors import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_ROLLBACK_FAILED,
+    StepFailed,
     UsageError,
     WatcherError,
 )
 from watcher.kinds import DeployOutcome
+from watcher.parts.django_steps import Django, Reversal
 from watcher.parts.state import ReleaseRecord, State
 
 log = structlog.get_logger()
+NAMING_TIMEOUT_S = 60.0
 
 
-def rollback(deployer: Deployer, target: str | None = None, lock_wait: float = 0.0) -> Outcome:
+def rollback(deployer: Deployer, target: str | None = None, lock_wait: float = 0.0,
+             migrate: bool = False) -> Outcome:
     """Switch, reload and health-check an older release; mark the commit left as bad, so the
-    daemon does not redeploy it at its next check (until the branch moves)."""
+    daemon does not redeploy it at its next check (until the branch moves). With `migrate`,
+    first reverse the migrations the older release does not know."""
     layout, journal, switcher = deployer.layout, deployer.journal, deployer.switcher
     with deployer.locked(lock_wait) as state:
         live = state.live_record()
         if live is None:
             raise UsageError("nothing to roll back: no release is live yet")
         record = _target(state, set(layout.names()), live, target)
+        newer = Django(deployer.cfg.django, layout.release(live.name))
+        # Only naming them must not hold up an urgent rollback when the live release hangs.
+        quick = Django(replace(deployer.cfg.django, timeout=min(deployer.cfg.django.timeout,
+                                                                NAMING_TIMEOUT_S)),
+                       layout.release(live.name))
+        reversal = _reversal(newer if migrate else quick, record)
+        if migrate:
+            refusal = _refusal(record, reversal)
+            if refusal:
+                log.error("rollback.refused", reason=refusal)
+                return Outcome("failed", EXIT_FAILED, record.sha, live.name, refusal)
         run = journal.open("rollback", state, record.sha)
+        if migrate and reversal is not None and reversal.migrations:
+            failure = _reverse(newer, reversal, run, record.migrations)
+            if failure is not None:  # nothing switched: the newer code runs on what is left
+                journal.close(state, run, "failed", EXIT_FAILED, live.name, failure)
+                return Outcome("failed", EXIT_FAILED, record.sha, live.name, str(failure))
         mode, why = reload_mode(deployer.cfg, live_venv=live.venv, target_venv=record.venv)
         plan = go_live_steps(deployer.cfg, mode, why)
         switcher.ensure_reachable()  # unreachable: exit 3, nothing switched
@@ -62,8 +93,58 @@ def rollback(deployer: Deployer, target: str | None = None, lock_wait: float = 0
         journal.went_live(state, run, record)
         journal.close(state, run, "succeeded", EXIT_OK, record.name, None)
         log.info("rollback.done", release=record.name, left=live.name)
-        return Outcome("succeeded", EXIT_OK, record.sha, record.name,
-                       f"rolled back to {record.name}; {live.sha[:12]} marked bad")
+        message = f"rolled back to {record.name}; {live.sha[:12]} marked bad"
+        if run.migrations_reversed:
+            message += f"; reversed first: {', '.join(run.migrations_reversed)}"
+        elif reversal is not None and reversal.migrations:
+            message += (f"; the schema keeps {len(reversal.migrations)} migration(s) that "
+                        f"{record.name} does not know: {', '.join(reversal.migrations)} "
+                        "(`watcher rollback --migrate` reverses them)")
+            log.warning("rollback.unknown_migrations", migrations=list(reversal.migrations))
+        return Outcome("succeeded", EXIT_OK, record.sha, record.name, message)
+
+
+def _reversal(newer: Django, record: ReleaseRecord) -> Reversal | None:
+    """What the live (newer) release's Django says `record` does not know; None when
+    `record` went live before watcher kept migrations, or Django could not tell."""
+    if not record.migrations:
+        return None
+    try:
+        return newer.reversal(record.migrations)
+    except WatcherError as exc:
+        log.warning("rollback.migrations_unknown", error=str(exc))
+        return None
+
+
+def _refusal(record: ReleaseRecord, reversal: Reversal | None) -> str:
+    """Why `--migrate` must change nothing, or ""."""
+    if reversal is None:
+        return (f"rollback --migrate refused, nothing changed: the migrations {record.name} "
+                "knew are not recorded, or Django could not read them")
+    reasons = [*reversal.problems, *reversal.irreversible]
+    if reasons:
+        return ("rollback --migrate refused, nothing changed: " + "; ".join(reasons)
+                + " (docs/migrations.md)")
+    return ""
+
+
+def _reverse(newer: Django, reversal: Reversal, run: Run,
+             leaves: dict[str, str]) -> StepFailed | None:
+    """`migrate APP TARGET` for each app, in dependency order; the failure, if one."""
+    try:
+        with run.steps.step("migrate_back", pending=list(reversal.migrations)):
+            for app, name in reversal.commands:
+                newer.migrate(app, name, step="migrate_back")
+    except StepFailed as exc:
+        try:  # which ones did go back before the failure
+            left = set(newer.reversal(leaves).migrations)
+        except WatcherError:
+            left = set(reversal.migrations)
+        run.migrations_reversed = [m for m in reversal.migrations if m not in left]
+        return exc
+    run.migrations_reversed = list(reversal.migrations)
+    log.info("rollback.migrations_reversed", migrations=run.migrations_reversed)
+    return None
 
 
 def _target(state: State, existing: set[str], live: ReleaseRecord,

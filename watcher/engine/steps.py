@@ -58,10 +58,14 @@ TABLE: tuple[StepKind, ...] = (
     StepKind("switch", "go_live", "roll_back", "current -> the new release, atomically"),
     StepKind("reload", "go_live", "roll_back", "reload the app over Supervisord's XML-RPC"),
     StepKind("health", "go_live", "roll_back", "health URL until it passes or times out"),
-    # Step 12b: after the web passed health (and after contract migrations, which come
-    # before this row), supervisor.workers stopped warmly and started on the live code.
+    # Step 12b: after the web passed health, supervisor.workers stopped warmly and started on
+    # the live code. Before the contract migrations: a worker that fails rolls back while
+    # the old code can still live on the schema, and once the workers restarted no old code
+    # runs anywhere when the contract migrations drop what it used.
     StepKind("workers", "go_live", "roll_back",
              "restart supervisor.workers (TERM, stopwaitsecs, start; never HUP)"),
+    StepKind("contract_migrate", "after", "keep",
+             "contract migrations (DESIGN 2a), once the old code no longer serves"),
     StepKind("post_switch", "after", "keep", "hooks.post_switch in the live release"),
     StepKind("prune", "after", "keep", "remove old releases and unused venvs"),
 )

@@ -3,15 +3,32 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from watcher.config import DjangoConfig
 from watcher.errors import StepFailed
 from watcher.parts.runner import Result, clean_env, run
 
 MARK = "WATCHER-INSPECT "
-# Runs inside `manage.py shell -c`, so the settings module is whatever manage.py sets.
+DOCS = "docs/migrations.md"
+# In-release helpers: plain Python files that the script below reads and execs.
+INRELEASE = Path(__file__).resolve().parent / "inrelease"
+CLASSES_PY = str(INRELEASE / "migration_classes.py")
+_REVERSE = (  # `OUT` and `LEAVES` are put in front
+    "import json\n"
+    "from django.db import connections, DEFAULT_DB_ALIAS\n"
+    "from django.db.migrations.executor import MigrationExecutor\n"
+    "_mr = {'__name__': 'watcher_migration_reverse'}\n"
+    "exec(compile(open(" + repr(str(INRELEASE / "migration_reverse.py")) + ").read(),"
+    " 'migration_reverse.py', 'exec'), _mr)\n"
+    "ex = MigrationExecutor(connections[DEFAULT_DB_ALIAS])\n"
+    "open(OUT, 'w').write(json.dumps(_mr['reversal'](ex, LEAVES)))\n"
+)
+# Runs inside `manage.py shell -c`, so the settings module is whatever manage.py sets;
+# `inspect` puts `CLASSIFY = True|False` and `OUT = <a temp file's path>` in front.
 _INSPECT = (
     "import json\n"
     "from django.conf import settings\n"
@@ -23,6 +40,11 @@ _INSPECT = (
     "get_internal_wsgi_application()\n"  # the WSGI module imports: Gunicorn will boot
     "storages = getattr(settings, 'STORAGES', {}) or {}\n"
     "backend = storages.get('staticfiles', {}).get('BACKEND', '')\n"
+    # Migration classes (DESIGN 2a), into a file: the output is kept only as a tail.
+    "_mc = {'__name__': 'watcher_migration_classes'}\n"
+    "exec(compile(open(" + repr(CLASSES_PY) + ").read(), 'migration_classes.py', 'exec'), _mc)\n"
+    "open(OUT, 'w').write(json.dumps({'migrations': _mc['classify'](ex, plan) if CLASSIFY"
+    " else [], 'leaves': _mc['leaves'](ex.loader)}))\n"
     "print(" + repr(MARK) + " + json.dumps({'static_root': str(settings.STATIC_ROOT or ''),"
     " 'static_backend': backend,"
     " 'pending': [m.app_label + '.' + m.name for m, back in plan if not back]}))\n"
@@ -36,10 +58,72 @@ LOCAL_STATIC = (
 
 
 @dataclass(frozen=True)
+class Verdict:
+    """The class of one pending migration operation (DESIGN 2a)."""
+
+    migration: str  # app.name
+    operation: str  # AddField(visit.path)
+    klass: str  # safe | contract | unsafe | unknown
+    why: str
+    fix: str
+
+    def line(self) -> str:
+        """`app.migration: Operation(model.field): why; how to fix`."""
+        text = f"{self.migration}: {self.operation}: {self.why}"
+        return f"{text}; {self.fix}" if self.fix else text
+
+
+def refusal(unsafe: list[Verdict]) -> str:
+    """The gate's error for unsafe migrations, one operation a line (DESIGN 2a)."""
+    n = len(unsafe)
+    head = (f"{n} migration operation{'s' if n != 1 else ''} would break the live release "
+            f"while it serves on the new schema ({DOCS}):")
+    return "\n  ".join([head, *(v.line() for v in unsafe)])
+
+
+@dataclass(frozen=True)
+class Reversal:
+    """Migrations applied now that an older release does not know (DESIGN 2a)."""
+
+    migrations: tuple[str, ...]  # app.name, in the order Django unapplies them
+    commands: tuple[tuple[str, str], ...]  # `migrate APP TARGET`, in dependency order
+    irreversible: tuple[str, ...]  # "app.name: RunPython cannot be reversed"
+    problems: tuple[str, ...]  # why it cannot be worked out at all
+
+
+@dataclass(frozen=True)
 class Inspection:
     static_root: str
     static_backend: str
     pending: tuple[str, ...]
+    verdicts: tuple[Verdict, ...] = ()
+    leaves: dict[str, str] = field(default_factory=dict)  # app -> newest migration known
+
+    def of_class(self, klass: str) -> list[Verdict]:
+        return [v for v in self.verdicts if v.klass == klass]
+
+    def contract(self) -> list[str]:
+        """Pending migrations made only of contract operations: they run after the switch."""
+        by: dict[str, set[str]] = {}
+        for v in self.verdicts:
+            by.setdefault(v.migration, set()).add(v.klass)
+        return [m for m in self.pending if by.get(m) == {"contract"}]
+
+    def before_switch_targets(self) -> list[tuple[str, str]] | None:
+        """`migrate APP NAME` targets that apply every pending migration but the contract
+        ones; None when there are none to hold back (then a plain `migrate` does it).
+
+        A contract migration has no pending dependant that runs before the switch (else it
+        is unsafe), so per app it sits after all of that app's before-switch migrations."""
+        held = set(self.contract())
+        if not held:
+            return None
+        targets: dict[str, str] = {}
+        for key in self.pending:
+            app, name = key.split(".", 1)
+            if key not in held:
+                targets[app] = name
+        return list(targets.items())
 
     def static_dir_in(self, release: Path) -> Path | None:
         """STATIC_ROOT when it lies inside the release and storage is local, else None."""
@@ -76,30 +160,58 @@ class Django:
         return run([str(self.python), self.cfg.manage, *args], step=step,
                    timeout=self.cfg.timeout, cwd=self.release, env=self.env(), check=check)
 
-    def inspect(self, step: str = "check", *, gate: bool = False) -> Inspection:
+    def inspect(self, step: str = "check", *, gate: bool = False,
+                classify: bool = False) -> Inspection:
         """STATIC_ROOT, the static storage and pending migrations, in one Django boot.
 
         With `gate`, the same process first runs the `check` command (with `--deploy` when
         configured): a system check error fails the step before anything is inspected. One
         boot instead of two saves about 0.4 s on every deploy.
         """
-        script = _INSPECT
+        script = f"CLASSIFY = {classify!r}\n" + _INSPECT
         if gate:
             script = (
                 "from django.core.management import call_command\n"
                 f"call_command('check', deploy={self.cfg.check_deploy!r})\n" + script
             )
-        res = self.manage("shell", "--verbosity", "0", "-c", script, step=step)
+        res, more = self._shell_json(script, step)
         for line in reversed(res.output.splitlines()):
-            if line.startswith(MARK):
+            if line.startswith(MARK) and more is not None:
                 data = json.loads(line[len(MARK):])
+                verdicts = tuple(Verdict(str(v["migration"]), str(v["operation"]),
+                                         str(v["class"]), str(v["why"]), str(v["fix"]))
+                                 for v in more["migrations"])
                 return Inspection(str(data["static_root"]), str(data["static_backend"]),
-                                  tuple(data["pending"]))
+                                  tuple(data["pending"]), verdicts, dict(more["leaves"]))
         raise StepFailed(step, "could not read STATIC_ROOT and migrations from Django",
                          res.output)
 
-    def migrate(self) -> Result:
-        return self.manage("migrate", "--noinput", step="migrate")
+    def _shell_json(self, script: str, step: str) -> tuple[Result, Any]:
+        """Run `script` in `manage.py shell`; what it wrote as JSON to the file `OUT` (None
+        when it wrote nothing). A file, not stdout: the output is kept only as a tail."""
+        with tempfile.TemporaryDirectory(prefix="watcher-django-") as tmp:
+            out = Path(tmp) / "out.json"
+            script = f"OUT = {str(out)!r}\n" + script
+            res = self.manage("shell", "--verbosity", "0", "-c", script, step=step)
+            try:
+                return res, json.loads(out.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return res, None
+
+    def migrate(self, app: str = "", target: str = "", step: str = "migrate") -> Result:
+        """`migrate --noinput`, or `migrate APP TARGET` (forwards or backwards)."""
+        return self.manage("migrate", *(a for a in (app, target) if a), "--noinput", step=step)
+
+    def reversal(self, leaves: dict[str, str], step: str = "migrate_back") -> Reversal:
+        """What it takes to bring the schema back to a release that knew `leaves` (its
+        newest migration per app), read from this (newer) release's migration files."""
+        res, data = self._shell_json(f"LEAVES = {leaves!r}\n" + _REVERSE, step)
+        if data is None:
+            raise StepFailed(step, "could not read the migrations to reverse from Django",
+                             res.output)
+        return Reversal(tuple(data["migrations"]),
+                        tuple((str(a), str(t)) for a, t in data["commands"]),
+                        tuple(data["irreversible"]), tuple(data["problems"]))
 
     def collectstatic(self) -> Result:
         return self.manage("collectstatic", "--noinput", step="collectstatic")

@@ -30,6 +30,9 @@ class ReleaseRecord:
     venv: str
     ok: bool = True
     colour: str = ""
+    # The newest migration per app when it went live, {app: name} (DESIGN 2a); empty for
+    # releases recorded before watcher kept them.
+    migrations: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -39,6 +42,10 @@ class State:
     bad: dict[str, dict[str, Any]] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     last_check: dict[str, Any] = field(default_factory=dict)
+    # Contract migrations under way (DESIGN 2a): {"release": name, "migrations": [...]},
+    # written before they start and cleared when they end; a kill in between leaves it for
+    # the next start, which runs them again.
+    contract: dict[str, Any] = field(default_factory=dict)
 
     # -- queries -------------------------------------------------------------------------
     def live_record(self) -> ReleaseRecord | None:
@@ -76,6 +83,7 @@ class State:
             "bad": self.bad,
             "history": self.history,
             "last_check": self.last_check,
+            "contract": self.contract,
         }
 
     @classmethod
@@ -86,6 +94,7 @@ class State:
             bad=dict(data.get("bad", {})),
             history=list(data.get("history", [])),
             last_check=dict(data.get("last_check", {})),
+            contract=dict(data.get("contract", {})),
         )
 
 

@@ -5,4 +5,5 @@ urlpatterns = [
     path("", views.index, name="index"),
     path("healthz", views.healthz, name="healthz"),
     path("visits", views.visits, name="visits"),
+    path("write", views.write, name="write"),
 ]

@@ -5,7 +5,8 @@ from django.core.cache import cache as redis_cache
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_POST
 
 from pages.models import Visit
 
@@ -55,3 +56,11 @@ def visits(request: HttpRequest) -> HttpResponse:
     return HttpResponse(
         f"mysql={Visit.objects.count()} redis={hits}\n", content_type="text/plain; charset=utf-8"
     )
+
+
+@csrf_exempt
+@require_POST
+def write(request: HttpRequest) -> HttpResponse:
+    """Insert one row and answer its id: the steady write load of the migration tests."""
+    visit = Visit.objects.create()
+    return HttpResponse(f"{visit.pk}\n", content_type="text/plain; charset=utf-8")

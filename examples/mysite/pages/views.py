@@ -4,7 +4,8 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_POST
 
 from pages.models import Visit
 
@@ -46,3 +47,11 @@ def index(request: HttpRequest) -> HttpResponse:
 def visits(request: HttpRequest) -> HttpResponse:
     """How many visits the shared database holds, as plain text."""
     return HttpResponse(f"{Visit.objects.count()}\n", content_type="text/plain; charset=utf-8")
+
+
+@csrf_exempt
+@require_POST
+def write(request: HttpRequest) -> HttpResponse:
+    """Insert one row and answer its id: the steady write load of the migration tests."""
+    visit = Visit.objects.create()
+    return HttpResponse(f"{visit.pk}\n", content_type="text/plain; charset=utf-8")

@@ -1,0 +1,55 @@
+"""Processes as Linux's /proc shows them: the workers of a Gunicorn master taken before a
+reload, and when they are all gone, so step 12b can wait until the old code no longer
+serves (DESIGN 2a).
+
+After a HUP, Gunicorn's master forks new workers and lets the old ones finish the requests
+they hold (up to its graceful_timeout). The children a master had before the reload are the
+old code; once none of them runs, nothing serves the old code any more. A child is known by
+its pid and start time, so a reused pid is not mistaken for an old worker.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+PROC = Path("/proc")
+Snapshot = frozenset[tuple[int, str]]  # (pid, start time in clock ticks since boot)
+
+
+def _stat(pid: str) -> tuple[int, str] | None:
+    """(parent pid, start time), or None when the process is gone."""
+    try:
+        text = (PROC / pid / "stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2:].split()  # the command name may hold spaces
+    return int(fields[1]), fields[19]
+
+
+def children(parents: set[int]) -> Snapshot:
+    """The children of `parents` running now."""
+    found = set()
+    for entry in PROC.iterdir():
+        if entry.name.isdigit():
+            info = _stat(entry.name)
+            if info is not None and info[0] in parents:
+                found.add((int(entry.name), info[1]))
+    return frozenset(found)
+
+
+def running(snapshot: Snapshot) -> list[int]:
+    """The processes of `snapshot` still running (same pid, same start time)."""
+    return sorted(pid for pid, started in snapshot
+                  if (info := _stat(str(pid))) is not None and info[1] == started)
+
+
+def wait_gone(snapshot: Snapshot, timeout: float, interval: float = 0.1) -> list[int]:
+    """Wait until no process of `snapshot` runs; those still running at `timeout` (empty:
+    all gone)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = running(snapshot)
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(interval)
