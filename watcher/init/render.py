@@ -62,11 +62,13 @@ def render(text: str, context: Mapping[str, Value], name: str = "template") -> s
             continue
         if "{%" in line:
             raise TemplateError(f"{where}: malformed directive {line.strip()!r}")
+        # split() alternates text and names. Names in untaken branches are looked up too, so
+        # a typo anywhere in a template fails every render, not only the one that shows it.
+        pieces = _NAME.split(line)
+        for i in range(1, len(pieces), 2):
+            pieces[i] = _text(_lookup(context, pieces[i], where))
         if writing:
-            out.append(_NAME.sub(lambda m, w=where: _text(_lookup(context, m[1], w)), line))
-        else:
-            for m in _NAME.finditer(line):  # names in untaken branches must still exist
-                _lookup(context, m[1], where)
+            out.append("".join(pieces))
     if stack:
         raise TemplateError(f"{name}: {len(stack)} if without endif")
     return "".join(out)

@@ -77,8 +77,12 @@ def ssh_remote(remote: str) -> bool:
                                           and "://" not in remote)
 
 
+def remote_host(remote: str) -> str:
+    return urlsplit(remote).hostname or remote.split("@", 1)[-1].split(":", 1)[0]
+
+
 def forge_of(remote: str) -> str:
-    host = urlsplit(remote).hostname or remote.split("@", 1)[-1].split(":", 1)[0]
+    host = remote_host(remote)
     for forge in ("github", "gitlab", "bitbucket"):
         if forge in host:
             return forge
@@ -110,7 +114,7 @@ def context(site: Site, **overrides: Value) -> dict[str, Value]:
         "settings": s.settings, "wsgi": s.wsgi_module,
         "watcher_bin": "/opt/watcher/bin/watcher", "config_path": f"{ETC}/watcher.toml",
         "log_dir": "/var/log/supervisor", "site_title": s.app,
-        "matching_files": "supervisor/supervisord.conf, supervisor/conf.d/*.conf (beside this file)",
+        "matching_files": "supervisor/supervisord.conf, supervisor/conf.d/ (beside this file)",
         "bluegreen_where": "`watcher init --bluegreen --force` writes both",
         "ssh_key_file": f"{ETC}/deploy_key" if ssh else "",
         "known_hosts_file": f"{ETC}/known_hosts" if ssh else "",
@@ -143,7 +147,8 @@ def context(site: Site, **overrides: Value) -> dict[str, Value]:
         "bind": f"unix:{socket_dir}/gunicorn.sock" if s.socket else f"127.0.0.1:{s.port}",
         "autostart": True, "program": s.app, "celery": s.celery,
         "celery_beat": s.celery_beat, "workers": toml_list(s.workers),
-        "forge": forge_of(s.remote), "ssh": ssh, "https": https,
+        "forge": forge_of(s.remote), "remote_host": remote_host(s.remote),
+        "ssh": ssh, "https": https,
         "healthz": s.healthz, "gunicorn_conf": s.gunicorn_conf,
     }
     values.update(overrides)
@@ -164,9 +169,9 @@ def program_context(site: Site, base: Mapping[str, Value], colour: str = "") -> 
     return values
 
 
-def files(site: Site) -> dict[str, str]:
+def files(site: Site, outdir: str = ".") -> dict[str, str]:
     """Output path (relative to init's DIR) -> text, for everything init writes."""
-    base = context(site)
+    base = context(site, outdir=outdir)
     out: dict[str, str] = {"watcher.toml": render_template("watcher.toml", base)}
     out["supervisor/supervisord.conf"] = render_template("supervisord.conf", base)
     for colour in ("blue", "green") if site.bluegreen else ("",):
@@ -184,6 +189,9 @@ def files(site: Site) -> dict[str, str]:
             f"d /run/{site.app} 0750 {site.user} www-data -\n")
     if not site.gunicorn_conf:
         out["gunicorn.conf.py"] = render_template("gunicorn.conf.py", base)
-    notes = "".join(f"- {n}\n" for n in site.notes) or "- (no checkout read)\n"
-    out["NEXT-STEPS.md"] = render_template("NEXT-STEPS.md", dict(base, notes=notes))
+    notes = ("What --from-checkout read:\n\n" + "".join(f"- {n}\n" for n in site.notes)
+             if site.notes else "No checkout was read: `--from-checkout PATH` fills in the Django"
+             " details.\n")
+    out["NEXT-STEPS.md"] = render_template("NEXT-STEPS.md", dict(
+        base, notes=notes, config_in_place=outdir.rstrip("/") == ETC))
     return out
