@@ -152,7 +152,7 @@ def _celery(path: Path, package: str, found: Found) -> None:
     if not (module.is_file() or re.search(r"^\s*celery\b", reqs, re.M | re.I)):
         return
     found.values["celery"] = package
-    sources = " ".join(_read(p) for p in (path / package).glob("*.py"))
+    sources = " ".join(_read(p) for p in sorted((path / package).rglob("*.py"))[:200])
     beat = bool(re.search(r"beat_schedule|CELERY_BEAT_SCHEDULE|django_celery_beat", sources))
     found.values["celery_beat"] = beat
     found.notes.append(f"the app uses Celery (-A {package}): a worker program"

@@ -97,14 +97,15 @@ def context(site: Site, **overrides: Value) -> dict[str, Value]:
     static_dir = s.static_root if static_outside else f"{s.root}/current/{s.static_root}"
     https = urlsplit(s.remote).scheme in ("http", "https")
     ssh = ssh_remote(s.remote)
+    health_path = "/healthz" if s.healthz else "/"
     if s.bluegreen:
         health_url = ""
         health_note = "blue/green: each colour's own URL in [bluegreen] is checked"
     elif s.socket:
-        health_url = f"http://127.0.0.1:8000{'/healthz' if s.healthz else '/'}"
+        health_url = f"http://127.0.0.1:8000{health_path}"
         health_note = "through Nginx's loopback-only server (the app has no TCP port)"
     else:
-        health_url = f"http://127.0.0.1:{s.port}{'/healthz' if s.healthz else '/'}"
+        health_url = f"http://127.0.0.1:{s.port}{health_path}"
         health_note = "Gunicorn itself, on loopback"
     shared_note = (f"# Linked from {s.root}/shared/ into every release"
                    + (": .env holds the settings' secrets (mode 0600)." if s.dotenv else "."))
@@ -124,7 +125,8 @@ def context(site: Site, **overrides: Value) -> dict[str, Value]:
         "programs": toml_list(() if s.bluegreen else (s.app,)),
         "bluegreen": s.bluegreen, "socket": s.socket, "socket_dir": socket_dir,
         "port": str(s.port or 8000), "blue_port": "8001", "green_port": "8002",
-        "health_port": "8000", "health_url": health_url, "health_note": health_note,
+        "health_port": "8000", "health_url": health_url, "health_path": health_path,
+        "health_note": health_note,
         "expect_revision": s.healthz,
         "webhook_listen": "127.0.0.1:9090", "webhook_secret_file": f"{ETC}/webhook_secret",
         "upstream": f"{s.app}_app",
