@@ -122,7 +122,7 @@ class Sandboxed:
     def log(self, program: str) -> str:
         assert self.sv is not None
         path = self.sv.tmpdir / f"{program}.log"
-        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def stop(self) -> None:
         if self.nginx is not None:
