@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import os
 import pty
+import re
 import select
 import shutil
 import subprocess
@@ -347,3 +348,38 @@ def test_generated_fullstack_site_deploys_with_mariadb_and_redis(base: Path) -> 
     finally:
         redis.stop()
         db.stop()
+
+
+def test_every_key_is_in_watcher_toml_and_real(tmp_path: Path) -> None:
+    """The watcher.toml init writes names every key of DESIGN §4, set or commented out; with
+    every commented-out line turned on it still loads (no key there is misspelt)."""
+    text = files(Site(app="mysite", root="/srv/mysite", remote="git@x:a/b.git"))["watcher.toml"]
+    on = re.sub(r"^# (\[[a-z.]+\]|[a-z_]+ = )", r"\1", text, flags=re.M)
+    path = tmp_path / "watcher.toml"
+    path.write_text(on)
+    cfg = load(path, environ={})
+    assert cfg.forge is not None and cfg.fleet is not None
+    for section, keys in DESIGN_KEYS.items():
+        for key in keys:
+            assert re.search(rf"^(# )?{key} = ", text.split(f"[{section}]", 1)[1], re.M), key
+
+
+DESIGN_KEYS = {  # DESIGN §4, every key
+    "app": ["name", "root", "keep_releases"],
+    "git": ["remote", "branch", "ssh_key_file", "known_hosts_file", "token_file", "interval",
+            "timeout", "verify", "allowed_signers_file", "gpg_keys_file", "tag_pattern",
+            "prereleases", "paths", "ignore_paths"],
+    "build": ["python", "requirements", "installer", "pip_args", "shared"],
+    "django": ["manage", "settings", "migrate", "collectstatic", "check_deploy",
+               "migration_safety"],
+    "hooks": ["pre_switch", "post_switch"],
+    "supervisor": ["url", "username", "password_file", "programs", "reload", "workers"],
+    "bluegreen": ["programs", "health_urls"],
+    "health": ["url", "expect_revision", "timeout", "smoke_paths", "failures"],
+    "report": ["url", "token_file", "format"],
+    "webhook": ["listen", "secret_file"],
+    "notify.email": ["smtp_url", "api_url", "username", "password_file", "sender", "to", "on"],
+    "forge": ["type", "api_url", "repo", "token_file", "environment", "target_url"],
+    "schedule": ["windows", "timezone"],
+    "fleet": ["redis_url", "password_file", "host", "max_parallel", "lease"],
+}

@@ -150,6 +150,7 @@ def context(site: Site, **overrides: Value) -> dict[str, Value]:
         "autostart": True, "program": s.app, "celery": s.celery,
         "celery_beat": s.celery_beat, "workers": toml_list(s.workers),
         "forge": forge_of(s.remote), "remote_host": remote_host(s.remote),
+        "forge_type": forge_of(s.remote) if forge_of(s.remote) != "generic" else "github",
         "ssh": ssh, "https": https,
         "healthz": s.healthz, "gunicorn_conf": s.gunicorn_conf,
     }
