@@ -163,6 +163,7 @@ def test_init_writes_the_set_and_checks_it(tmp_path: Path) -> None:
         "watcher.toml"]
     assert f"ok    config: {outdir / 'watcher.toml'}" in res.stdout
     assert "ok    program mysite: --chdir /srv/mysite/current, no --preload" in res.stdout
+    assert "ok    nginx site: nginx -t accepts mysite.conf" in res.stdout
     assert "FAIL" not in res.stdout
     # The single-program unix-socket site is the shipped full-stack set, names and all.
     shipped = (REPO_ROOT / "supervisor" / "conf.d-fullstack" / "mysite.conf").read_text()
@@ -203,6 +204,21 @@ def test_init_off_a_tty_names_the_missing_flag(tmp_path: Path) -> None:
 
     assert res.returncode == 2
     assert "--remote" in res.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("flag", "value"), [
+    ("--app", "my site"), ("--root", "srv/mysite"), ("--server-name", "a;b"),
+    ("--settings", "mysite/settings"),
+])
+def test_init_refuses_a_bad_value_naming_its_flag(tmp_path: Path, flag: str, value: str) -> None:
+    """A value that would break a written file is a usage error naming its flag; nothing
+    is written."""
+    argv = {"--app": "mysite", "--remote": "/nowhere", flag: value}
+    res = init(str(tmp_path / "out"), *[x for kv in argv.items() for x in kv])
+
+    assert res.returncode == 2
+    assert flag in res.stderr
     assert not (tmp_path / "out").exists()
 
 

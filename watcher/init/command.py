@@ -9,7 +9,6 @@ names its flag (exit 2). Nothing is written when any target exists, unless `--fo
 from __future__ import annotations
 
 import argparse
-import configparser
 import dataclasses
 import os
 import re
@@ -92,7 +91,9 @@ def main(args: argparse.Namespace) -> int:
     for rel in sorted(written):
         print(f"  {rel}")
     print()
-    return _validate(outdir, site)
+    from watcher.init.verify import validate
+
+    return validate(outdir, site)
 
 
 def _gather(args: argparse.Namespace, found: dict[str, Any], interactive: bool) -> dict[str, Any]:
@@ -133,6 +134,9 @@ def _check(v: dict[str, Any]) -> None:
             raise UsageError(f"{flag} {v[name]!r}: not a Python module path")
     if not v["server_names"]:
         raise UsageError("--server-name: at least one name")
+    for name in v["server_names"]:
+        if not re.fullmatch(r"[A-Za-z0-9*_.-]+", name):
+            raise UsageError(f"--server-name {name!r}: not a host name")
 
 
 def _write(path: Path, text: str, mode: int) -> None:
@@ -142,31 +146,3 @@ def _write(path: Path, text: str, mode: int) -> None:
     tmp.write_text(text, encoding="utf-8")
     tmp.chmod(mode)
     os.replace(tmp, path)
-
-
-def _validate(outdir: Path, site: Any) -> int:
-    """`watcher check` on what was written; failures of parts that need NEXT-STEPS first (the
-    deploy key, supervisord with these files) are warnings. Exit 2 only for a bad config."""
-    from watcher.checkup import command_problems, run_checks
-    from watcher.config import load
-
-    print(f"checking {outdir / 'watcher.toml'} (as `watcher check` would):")
-    cfg = load(outdir / "watcher.toml", environ={})
-    git = dataclasses.replace(cfg.git, timeout=min(cfg.git.timeout, 15.0))
-    code = run_checks(dataclasses.replace(cfg, git=git), soft=True)
-    current = f"{site.root}/current"
-    for conf in sorted((outdir / "supervisor" / "conf.d").glob("*.conf")):
-        ini = configparser.RawConfigParser(inline_comment_prefixes=(";",), strict=False)
-        ini.read(conf, encoding="utf-8")
-        for section in ini.sections():
-            program = section.removeprefix("program:")
-            if program not in site.programs:
-                continue
-            problems = command_problems(ini[section].get("command", ""), current)
-            for problem in problems:
-                print(f"FAIL  program {program} ({conf.name}): {problem}")
-            if not problems:
-                print(f"ok    program {program}: --chdir {current}, no --preload")
-            code = code or (2 if problems else 0)
-    print(f"\nnext: {outdir / 'NEXT-STEPS.md'}")
-    return code
