@@ -26,6 +26,7 @@ MYSITE = Site(app="mysite", root="/srv/mysite", remote="git@github.com:acme/mysi
 BLUEGREEN = Site(**{**MYSITE.__dict__, "bluegreen": True, "port": 0})
 FULLSTACK = Site(**{**MYSITE.__dict__, "port": 0, "shared": (".env", "media"),
                     "media": "media"})
+CELERY = Site(**{**FULLSTACK.__dict__, "celery": "mysite", "celery_beat": True})
 
 EXAMPLE_TOML = {
     "site_title": "the example site",
@@ -59,6 +60,12 @@ def rendered() -> dict[str, str]:
             program_file="supervisor/conf.d-fullstack/mysite.conf",
             guide="docs/deploy-on-a-vps.md")),
     }
+    # The Celery programs of the full-stack example (issue 15): rendered once that file is in.
+    celery = "supervisor/conf.d-fullstack/celery.conf"
+    if (ROOT / celery).exists():
+        out[celery] = render_template("celery.conf", dict(
+            context(CELERY), example=True, celery_program="celery", beat_program="celerybeat",
+            workers='["celery", "celerybeat"]'))
     for colour in ("blue", "green"):
         ctx = program_context(BLUEGREEN, dict(bluegreen, example=True,
                                               nginx_file="examples/nginx/mysite.conf"), colour)

@@ -132,8 +132,11 @@ def test_from_checkout_reads_other_layouts(tmp_path: Path) -> None:
     res = init(str(outdir), "--from-checkout", str(app), "--remote", str(tmp_path / "none"))
     assert res.returncode == 0, res.stderr
     out = written(outdir)
-    assert {"supervisor/conf.d/shop_celery.conf", "supervisor/conf.d/shop_celerybeat.conf",
-            "gunicorn.conf.py"} <= set(out)
+    assert {"supervisor/conf.d/shop_celery.conf", "gunicorn.conf.py"} <= set(out)
+    celery = (outdir / "supervisor" / "conf.d" / "shop_celery.conf").read_text()
+    assert ("[program:shop_celery]\n"
+            "command=/srv/shop/current/.venv/bin/celery -A shop worker") in celery
+    assert "[program:shop_celerybeat]" in celery
     nginx = (outdir / "nginx" / "shop.conf").read_text()
     assert "location /assets/ {\n        alias /var/www/shop/static/;" in nginx
     program = (outdir / "supervisor" / "conf.d" / "shop.conf").read_text()

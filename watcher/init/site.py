@@ -63,6 +63,7 @@ class Site:
 
     @property
     def workers(self) -> tuple[str, ...]:
+        """Celery's programs: restarted (never HUPed) after the web programs pass health."""
         if not self.celery:
             return ()
         return (f"{self.app}_celery", *((f"{self.app}_celerybeat",) if self.celery_beat else ()))
@@ -148,6 +149,7 @@ def context(site: Site, **overrides: Value) -> dict[str, Value]:
         "extra_env": f',DJANGO_SETTINGS_MODULE="{s.settings}"' if s.settings_env else "",
         "bind": f"unix:{socket_dir}/gunicorn.sock" if s.socket else f"127.0.0.1:{s.port}",
         "autostart": True, "program": s.app, "celery": s.celery,
+        "celery_program": f"{s.app}_celery", "beat_program": f"{s.app}_celerybeat",
         "celery_beat": s.celery_beat, "workers": toml_list(s.workers),
         "forge": forge_of(s.remote), "remote_host": remote_host(s.remote),
         "forge_type": forge_of(s.remote) if forge_of(s.remote) != "generic" else "github",
@@ -180,9 +182,8 @@ def files(site: Site, outdir: str = ".") -> dict[str, str]:
     for colour in ("blue", "green") if site.bluegreen else ("",):
         ctx = program_context(site, base, colour)
         out[f"supervisor/conf.d/{ctx['program']}.conf"] = render_template("program.conf", ctx)
-    for worker in site.workers:
-        ctx = dict(base, program=worker, beat=worker.endswith("beat"))
-        out[f"supervisor/conf.d/{worker}.conf"] = render_template("celery.conf", ctx)
+    if site.celery:
+        out[f"supervisor/conf.d/{site.app}_celery.conf"] = render_template("celery.conf", base)
     out["supervisor/conf.d/watcher.conf"] = render_template("watcher.conf", base)
     out[f"nginx/{site.app}.conf"] = render_template("nginx.conf", base)
     out["systemd/supervisord.service"] = render_template("supervisord.service", base)
