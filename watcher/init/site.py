@@ -29,7 +29,8 @@ class Site:
     bluegreen: bool = False
     port: int = 0  # single program: Gunicorn on 127.0.0.1:port; 0 = a unix socket
     server_names: tuple[str, ...] = ("example.com", "www.example.com")
-    user: str = "deploy"
+    user: str = "deploy"  # watcher's user: the secrets, repo/, .watcher/, the control socket
+    app_user: str = ""  # the app's (Gunicorn, Celery); "" = the same as `user`
     python: str = "/usr/bin/python3"
     manage: str = "manage.py"
     requirements: tuple[str, ...] = ("requirements.txt",)
@@ -112,6 +113,7 @@ def context(site: Site, **overrides: Value) -> dict[str, Value]:
                    + (": .env holds the settings' secrets (mode 0600)." if s.dotenv else "."))
     values: dict[str, Value] = {
         "app": s.app, "root": s.root, "user": s.user, "home": f"/home/{s.user}",
+        "app_user": s.app_user or s.user, "app_home": f"/home/{s.app_user or s.user}",
         "remote": s.remote, "branch": s.branch, "python": s.python, "manage": s.manage,
         "settings": s.settings, "wsgi": s.wsgi_module,
         "watcher_bin": "/opt/watcher/bin/watcher", "config_path": f"{ETC}/watcher.toml",
@@ -190,7 +192,7 @@ def files(site: Site, outdir: str = ".") -> dict[str, str]:
     out["systemd/watcher.service"] = render_template("watcher.service", base)
     if site.socket:
         out[f"tmpfiles.d/{site.app}.conf"] = (
-            f"d /run/{site.app} 0750 {site.user} www-data -\n")
+            f"d /run/{site.app} 0750 {site.app_user or site.user} www-data -\n")
     if not site.gunicorn_conf:
         out["gunicorn.conf.py"] = render_template("gunicorn.conf.py", base)
     notes = ("What --from-checkout read:\n\n" + "".join(f"- {n}\n" for n in site.notes)
