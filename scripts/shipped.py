@@ -22,7 +22,12 @@ from watcher.init.site import Site, context, program_context  # noqa: E402
 
 MYSITE = Site(app="mysite", root="/srv/mysite", remote="git@github.com:acme/mysite.git",
               settings="mysite.settings", port=8000, shared=(".env", "data"),
-              hosts_setting="MYSITE_ALLOWED_HOSTS")
+              hosts_setting="MYSITE_ALLOWED_HOSTS", app_user="mysite")
+# Wording that points into this repository rather than at init's own output.
+REPO_TEXT = {
+    "users_doc": "docs/deploy-on-a-vps.md §2", "zero_loss_ref": " (BENCHMARKS.md)",
+    "bluegreen_pair": "the blue/green pair in conf.d-bluegreen/",
+}
 BLUEGREEN = Site(**{**MYSITE.__dict__, "bluegreen": True, "port": 0})
 FULLSTACK = Site(**{**MYSITE.__dict__, "port": 0, "shared": (".env", "media"),
                     "media": "media"})
@@ -31,7 +36,8 @@ CELERY = Site(**{**FULLSTACK.__dict__, "celery": "mysite", "celery_beat": True})
 EXAMPLE_TOML = {
     "site_title": "the example site",
     "matching_files": "supervisor/supervisord.conf, supervisor/conf.d/mysite.conf",
-    "bluegreen_where": "ready-made in supervisor/conf.d-bluegreen/",
+    "bluegreen_where": "# supervisor/conf.d-bluegreen/ instead of conf.d/mysite.conf, keep both"
+                       " ports in Nginx's\n# upstream (examples/nginx/mysite.conf does)",
     "health_note": 'the example app answers "ok <REVISION>"',
     "shared_note": "# Linked from /srv/mysite/shared/ into every release. The example app reads"
                    " .env (KEY=VALUE:\n# DJANGO_SECRET_KEY, MYSITE_ALLOWED_HOSTS) and keeps its"
@@ -41,7 +47,8 @@ EXAMPLE_TOML = {
 
 def rendered() -> dict[str, str]:
     """Repository path -> the text the templates give for it."""
-    mysite, bluegreen, fullstack = context(MYSITE), context(BLUEGREEN), context(FULLSTACK)
+    mysite, bluegreen, fullstack = (context(site, **REPO_TEXT)
+                                    for site in (MYSITE, BLUEGREEN, FULLSTACK))
     out = {
         "examples/watcher.toml": render_template("watcher.toml", dict(mysite, **EXAMPLE_TOML)),
         "supervisor/supervisord.conf": render_template("supervisord.conf", mysite),
@@ -64,8 +71,8 @@ def rendered() -> dict[str, str]:
     celery = "supervisor/conf.d-fullstack/celery.conf"
     if (ROOT / celery).exists():
         out[celery] = render_template("celery.conf", dict(
-            context(CELERY), example=True, celery_program="celery", beat_program="celerybeat",
-            workers='["celery", "celerybeat"]'))
+            context(CELERY, **REPO_TEXT), example=True, celery_program="celery",
+            beat_program="celerybeat", workers='["celery", "celerybeat"]'))
     for colour in ("blue", "green"):
         ctx = program_context(BLUEGREEN, dict(bluegreen, example=True,
                                               nginx_file="examples/nginx/mysite.conf"), colour)

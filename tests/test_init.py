@@ -172,8 +172,10 @@ def test_init_writes_the_set_and_checks_it(tmp_path: Path) -> None:
     shipped = (REPO_ROOT / "supervisor" / "conf.d-fullstack" / "mysite.conf").read_text()
     ours = (outdir / "supervisor" / "conf.d" / "mysite.conf").read_text()
     assert ours.split("[program:mysite]")[1] == shipped.split("[program:mysite]")[1]
-    assert (outdir / "supervisor/conf.d/watcher.conf").read_text() == (
-        REPO_ROOT / "supervisor/conf.d/watcher.conf").read_text()
+    ours = (outdir / "supervisor/conf.d/watcher.conf").read_text()
+    shipped = (REPO_ROOT / "supervisor/conf.d/watcher.conf").read_text()
+    assert ours.split("[program:watcher]")[1] == shipped.split("[program:watcher]")[1]
+    assert "user=mysite\n" in (outdir / "supervisor/conf.d/mysite.conf").read_text()
     cfg = load(outdir / "watcher.toml", environ={})
     assert cfg.build.shared == (".env", "media") and cfg.django.settings == "mysite.settings"
     assert cfg.git.ssh_key_file == "/etc/watcher/deploy_key"

@@ -63,7 +63,10 @@ class Sandboxed:
             (f"/run/{self.app}/", f"{self.sock_dir}/"),
             ("chown=deploy:deploy", f"chown={me}:{group}"),
             ("user=deploy", f"user={me}"),
+            (f"user={self.app}\n", f"user={me}\n"),  # the app's own user (two-user layout)
             ("/home/deploy", str(home)),
+            (f"/home/{self.app}", str(home)),
+            (f'USER="{self.app}",LOGNAME="{self.app}"', f'USER="{me}",LOGNAME="{me}"'),
             ("nodaemon=false", "nodaemon=true"),  # supervisord -n under systemd, ours a child
             ("/opt/watcher/bin/watcher", f"{sys.executable} -m watcher"),
             ("/etc/watcher/watcher.toml", str(self.outdir / "watcher.toml")),

@@ -56,7 +56,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--user", default="deploy", metavar="USER",
                    help="the user that runs watcher (default: deploy)")
     p.add_argument("--app-user", default="", metavar="USER",
-                   help="the user that runs the app's Gunicorn and Celery (default: --user)")
+                   help="the user that runs the app's Gunicorn and Celery, apart from watcher's "
+                   "(default: the app name; the same as --user for one user)")
     p.add_argument("--python", default="/usr/bin/python3", metavar="PATH",
                    help="interpreter for the app's venvs (default: /usr/bin/python3)")
     p.add_argument("--force", action="store_true", help="overwrite existing files")
@@ -80,7 +81,8 @@ def main(args: argparse.Namespace) -> int:
     merged["wsgi_arg"] = (args.wsgi is not None or "gunicorn_wsgi" in found.values) and (
         values["wsgi"] != found.values.get("gunicorn_wsgi"))
     site = Site(**merged, bluegreen=args.bluegreen, port=args.port, user=args.user,
-                app_user=args.app_user, python=args.python, notes=tuple(found.notes))
+                app_user=args.app_user or values["app"], python=args.python,
+                notes=tuple(found.notes))
     outdir = Path(args.dir).absolute()
     written = files(site, str(outdir))
     existing = sorted(rel for rel in written if (outdir / rel).exists())

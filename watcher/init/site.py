@@ -109,8 +109,11 @@ def context(site: Site, **overrides: Value) -> dict[str, Value]:
     else:
         health_url = f"http://127.0.0.1:{s.port}{health_path}"
         health_note = "Gunicorn itself, on loopback"
+    two_users = bool(s.app_user) and s.app_user != s.user
+    env_mode = (f"mode 0440, root:{s.app_user}-env" if two_users
+                else f"mode 0600, owned by {s.user}")
     shared_note = (f"# Linked from {s.root}/shared/ into every release"
-                   + (": .env holds the settings' secrets (mode 0600)." if s.dotenv else "."))
+                   + (f": .env holds the settings' secrets ({env_mode})." if s.dotenv else "."))
     values: dict[str, Value] = {
         "app": s.app, "root": s.root, "user": s.user, "home": f"/home/{s.user}",
         "app_user": s.app_user or s.user, "app_home": f"/home/{s.app_user or s.user}",
@@ -119,7 +122,11 @@ def context(site: Site, **overrides: Value) -> dict[str, Value]:
         "watcher_bin": "/opt/watcher/bin/watcher", "config_path": f"{ETC}/watcher.toml",
         "log_dir": "/var/log/supervisor", "site_title": s.app,
         "matching_files": "supervisor/supervisord.conf, supervisor/conf.d/ (beside this file)",
-        "bluegreen_where": "`watcher init --bluegreen --force` writes both",
+        "bluegreen_where": "# `watcher init --bluegreen --force` (it writes the pair, and both"
+                           " ports into Nginx's\n# upstream)",
+        "bluegreen_pair": "the blue/green pair (`watcher init --bluegreen`)",
+        "zero_loss_ref": "", "users_doc": "NEXT-STEPS.md",
+        "two_users": two_users, "env_mode": env_mode,
         "ssh_key_file": f"{ETC}/deploy_key" if ssh else "",
         "known_hosts_file": f"{ETC}/known_hosts" if ssh else "",
         "token_file": f"{ETC}/git_token" if https else "",
