@@ -9,12 +9,15 @@ REQS := examples/mysite/requirements.txt examples/fullstack/requirements.txt
 # Two workers, one test file each at a time: most tests wait on real servers, not the CPU.
 PYTEST_ARGS ?= -n 2 --dist loadfile
 
-.PHONY: help install system-deps wheelhouse lint typecheck pytest test demo demo-stop bench clean
+.PHONY: help install system-deps wheelhouse lint typecheck pytest test demo demo-stop bench clean \
+	dist shipped
 
 help:
 	@echo "make test      install dev deps, fill the wheel cache, run ruff, mypy and pytest"
 	@echo "make demo      end-to-end demo on a local sandbox (make demo-stop to clean up)"
 	@echo "make bench     benchmarks against the baseline script; writes BENCHMARKS.md"
+	@echo "make dist      build the sdist and the wheel into dist/ (pip install dist/*.whl)"
+	@echo "make shipped   re-render supervisor/, systemd/, examples/nginx/, examples/watcher.toml"
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -60,5 +63,23 @@ demo-stop:
 bench: system-deps install wheelhouse
 	$(BIN)/python benchmarks/run.py
 
+# The sdist and the wheel, built in isolation: uv fetches the setuptools that [build-system]
+# asks for (>=77, for the SPDX license string). Without PYTHONDONTWRITEBYTECODE, which makes
+# setuptools print a warning per build step. tests/test_dist.py runs this target.
+DIST ?= dist
+UV ?= $(BIN)/uv
+dist: $(UV)
+	rm -rf $(DIST) *.egg-info
+	env -u PYTHONDONTWRITEBYTECODE $(UV) build --out-dir $(DIST) .
+	rm -rf *.egg-info
+	@ls $(DIST)
+
+$(BIN)/uv: | $(VENV)/.installed
+
+# The checked-in process configs are rendered from watcher/init/templates (the files `watcher
+# init` writes): edit a template, then run this. tests/test_init.py fails when one is stale.
+shipped: | $(BIN)/python
+	$(BIN)/python scripts/shipped.py
+
 clean: demo-stop
-	rm -rf build .venv
+	rm -rf build .venv dist

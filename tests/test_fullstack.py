@@ -70,7 +70,7 @@ def render_program(root: Path, sock: Path, home: Path) -> str:
     text = "\n".join(lines) + "\n"
     text = _sub(text, "unix:/run/mysite/gunicorn.sock", f"unix:{sock}")
     text = _sub(text, "/srv/mysite", str(root))
-    text = _sub(text, "/home/deploy", str(home))
+    text = _sub(text, "/home/mysite", str(home))
     return _sub(text, "autostart=true", "autostart=false")  # no release yet at boot
 
 
@@ -84,7 +84,7 @@ def render_workers(root: Path, home: Path) -> dict[str, str]:
                  if ln.strip() and not ln.startswith(("user=", "stdout_logfile", ";"))]
         text = "\n".join(lines) + "\n"
         text = _sub(text, "/srv/mysite", str(root))
-        text = _sub(text, "/home/deploy", str(home))
+        text = _sub(text, "/home/mysite", str(home))
         programs[name] = _sub(text, "autostart=true", "autostart=false")
     return programs
 

@@ -13,6 +13,7 @@ import structlog
 from watcher import __version__, log
 from watcher.config import Config, config_path, load
 from watcher.errors import EXIT_FAILED, EXIT_USAGE, ConfigError, UsageError, WatcherError
+from watcher.init import command as init_command
 
 Handler = Callable[[Config, argparse.Namespace], int]
 
@@ -26,7 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="watcher", parents=[common],
                                 description="Continuous deployment for a Django site.")
     p.add_argument("--once", action="store_true", help="one check; deploy if the branch moved")
-    p.add_argument("--version", action="version", version=f"watcher {__version__}")
+    p.add_argument("--version", action=_Version, nargs=0,
+                   help="watcher's version, its Python and the venv installer")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("run", parents=[common], help="the daemon: poll loop and webhook server")
     sub.add_parser("once", parents=[common], help="one check; deploy if the branch moved")
@@ -50,7 +52,30 @@ def _parser() -> argparse.ArgumentParser:
     for action in (d, r):
         action.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                             help="wait this long for another watcher's lock")
+    init_command.add_parser(sub)  # `watcher init`: needs no config
     return p
+
+
+class _Version(argparse.Action):
+    """Like argparse's "version", without re-wrapping the lines (and only built when asked)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        print(version_text())
+        parser.exit()
+
+
+def version_text() -> str:
+    """`watcher --version`: watcher, the Python it runs on, what builds the app's venvs."""
+    import platform
+    from importlib import metadata
+
+    try:
+        uv = f"uv {metadata.version('uv')}"
+    except metadata.PackageNotFoundError:
+        uv = "uv (not installed: set build.installer = \"pip\")"
+    return (f"watcher {__version__}\n"
+            f"python {platform.python_version()} ({sys.executable})\n"
+            f"venv installer: {uv} (build.installer default; \"pip\" uses the venv's pip)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -66,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.configure(getattr(args, "log_level", "info"))
     logger = structlog.get_logger()
     try:
+        if args.command == "init":
+            return init_command.main(args)
         cfg = load(config_path(getattr(args, "config", None)))
         _register_secrets(cfg)
         return _handler(args.command)(cfg, args)
