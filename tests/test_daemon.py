@@ -198,7 +198,7 @@ def test_lock_of_a_sigkilled_holder_is_taken_over(tmp_path: Path) -> None:
     """lock.acquire refuses while a live process holds the lock, and takes it once it is
     SIGKILLed (the kernel drops the flock with the process)."""
     path = tmp_path / "lock"
-    code = ("import sys, time\nfrom pathlib import Path\nfrom watcher import lock\n"
+    code = ("import sys, time\nfrom pathlib import Path\nfrom watcher.parts import lock\n"
             "with lock.acquire(Path(sys.argv[1])):\n    print('\\nheld', flush=True)\n"
             "    time.sleep(60)\n")
     holder = subprocess.Popen([sys.executable, "-c", code, str(path)],

@@ -161,6 +161,7 @@ def test_init_writes_the_set_and_checks_it(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stdout + res.stderr
     assert written(outdir) == [
         "NEXT-STEPS.md", "nginx/mysite.conf", "supervisor/conf.d/mysite.conf",
+        "supervisor/conf.d/mysite_celery.conf",  # the example runs a Celery worker and beat
         "supervisor/conf.d/watcher.conf", "supervisor/supervisord.conf",
         "systemd/supervisord.service", "systemd/watcher.service", "tmpfiles.d/mysite.conf",
         "watcher.toml"]
