@@ -93,6 +93,17 @@ class GitSource:
                 return sha
         raise GitError(f"branch {self.cfg.branch!r} not found on the remote")
 
+    def remote_tags(self) -> str:
+        """`git ls-remote --tags` of the remote (names, shas and peeled `^{}` lines): what
+        `gates.pick_tag` chooses from. No objects are fetched."""
+        try:
+            return self._git("ls-remote", "--tags", "--", self.cfg.remote, step="resolve")
+        except StepFailed as exc:
+            raise RemoteUnreachable(
+                f"git ls-remote --tags {scrub(self.cfg.remote)} failed: {exc.message}: "
+                f"{self._reason(exc)}"
+            ) from None
+
     def fetch(self, *, tags: bool = False) -> None:
         """Fetch the branch (and tags when asked) into the bare mirror, creating it first."""
         if not (self.mirror / "HEAD").exists():
