@@ -24,7 +24,7 @@ from pathlib import Path
 
 import structlog
 
-from watcher.errors import ConfigError, TransientError
+from watcher.errors import ConfigError, GitError, TransientError
 from watcher.parts.runner import Result, clean_env, run
 
 log = structlog.get_logger()
@@ -73,27 +73,61 @@ class Verifier:
         return self.mode in ("ssh", "gpg")
 
     def commit(self, sha: str) -> Verdict:
-        return self._verify("verify-commit", sha, f"commit {sha[:12]}")
+        return self._verify("commit", sha, f"commit {sha[:12]}")
 
     def tag(self, name: str) -> Verdict:
-        return self._verify("verify-tag", f"refs/tags/{name}", f"tag {name}")
+        return self._verify("tag", f"refs/tags/{name}", f"tag {name}")
 
     # -- git ---------------------------------------------------------------------------
-    def _verify(self, command: str, rev: str, subject: str) -> Verdict:
+    def _verify(self, kind: str, rev: str, subject: str) -> Verdict:
         env = clean_env({"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull,
                          "LC_ALL": "C"})
-        settings: list[str] = []
+        signature = self._signature_format(kind, rev, env)
+        if signature is None:
+            return self._say(Verdict(False, "unsigned", "", subject))
+        if signature != self.mode:  # e.g. a gpg signature where ssh keys are the list
+            return self._say(Verdict(False, "unknown_key", f"a {signature} key", subject))
+        # The other format's program is disabled: a signature never reaches the user's own
+        # ~/.gnupg or an allowed-signers file from their git config.
         if self.mode == "ssh":
-            settings = ["-c", f"gpg.ssh.allowedSignersFile={self._signers_file()}"]
+            settings = ["-c", f"gpg.ssh.allowedSignersFile={self._signers_file()}",
+                        "-c", "gpg.program=false"]
         else:
             env["GNUPGHOME"] = str(self._ensure_keyring())
+            settings = ["-c", f"gpg.ssh.allowedSignersFile={os.devnull}"]
+        command = f"verify-{kind}"
         res = run(["git", *settings, "-C", str(self.mirror), command, "--raw", rev],
                   step="verify", timeout=self.timeout, env=env, check=False)
         if res.timed_out:  # not the commit's fault: the next check tries again
             raise TransientError(f"git {command} timed out after {self.timeout:g}s")
-        verdict = (_ssh_verdict if self.mode == "ssh" else _gpg_verdict)(res, subject)
-        log.info("verify.verdict", subject=subject, verdict=verdict.kind, signer=verdict.signer)
+        return self._say((_ssh_verdict if self.mode == "ssh" else _gpg_verdict)(res, subject))
+
+    def _say(self, verdict: Verdict) -> Verdict:
+        log.info("verify.verdict", subject=verdict.subject, verdict=verdict.kind,
+                 signer=verdict.signer)
         return verdict
+
+    def _signature_format(self, kind: str, rev: str, env: dict[str, str]) -> str | None:
+        """"ssh", "gpg" or None (unsigned), read from the object itself: a commit's `gpgsig`
+        header, a tag's trailing signature block."""
+        with tempfile.NamedTemporaryFile(prefix="watcher-object-") as tmp:
+            res = run(["git", "-C", str(self.mirror), "cat-file", kind, rev], step="verify",
+                      timeout=self.timeout, env=env, stdout_path=Path(tmp.name), check=False)
+            if res.timed_out:
+                raise TransientError(f"git cat-file timed out after {self.timeout:g}s")
+            text = Path(tmp.name).read_bytes().decode("utf-8", "replace")
+        if not res.ok:
+            raise GitError(f"{rev} is not a {kind} in the mirror: {res.output[-200:]}")
+        if kind == "commit":
+            header = text.split("\n\n", 1)[0]
+            if "\ngpgsig " not in header and "\ngpgsig-sha256 " not in header:
+                return None
+            text = header
+        if "-----BEGIN SSH SIGNATURE-----" in text:
+            return "ssh"
+        if "-----BEGIN PGP SIGNATURE-----" in text:
+            return "gpg"
+        return None
 
     def _signers_file(self) -> str:
         path = self.allowed_signers
