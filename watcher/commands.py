@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 
@@ -47,10 +48,14 @@ def status(cfg: Config, args: argparse.Namespace) -> int:
     live = state.live_record()
     last = state.history[-1] if state.history else None
     holder = lock.holder(cfg.state_dir / "lock")
+    from watcher.control import hold_status, print_hold_status
+
+    holds = hold_status(cfg, state)
     data = {
+        **holds,
         "app": cfg.app.name,
         "live": {"release": live.name, "sha": live.sha, "venv": live.venv,
-                 "colour": live.colour or None} if live else None,
+                 "colour": live.colour or None, "tag": live.tag or None} if live else None,
         "last_check": state.last_check or None,
         "last_outcome": {k: last.get(k) for k in
                          ("event", "outcome", "to_sha", "release", "finished_at", "error")}
@@ -64,7 +69,8 @@ def status(cfg: Config, args: argparse.Namespace) -> int:
     print(f"app:          {cfg.app.name}")
     if live:
         colour = f", {live.colour}" if live.colour else ""
-        print(f"live:         {live.name} ({live.sha[:12]}{colour})")
+        tag = f", tag {live.tag}" if live.tag else ""
+        print(f"live:         {live.name} ({live.sha[:12]}{colour}{tag})")
     else:
         print("live:         nothing deployed")
     lc = state.last_check
@@ -75,6 +81,7 @@ def status(cfg: Config, args: argparse.Namespace) -> int:
         err = last.get("error")
         if isinstance(err, dict):
             print(f"  error:      {err.get('step')}: {err.get('message')}")
+    print_hold_status(holds)
     print(f"lock:         {'held by pid ' + str(holder) if holder else 'free'}")
     if state.bad:
         print(f"bad commits:  {', '.join(s[:12] for s in state.bad)}")
@@ -123,3 +130,52 @@ def trigger(cfg: Config, args: argparse.Namespace) -> int:
 def print_json(data: object) -> None:
     json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
     sys.stdout.write("\n")
+
+
+# -- issue 14: plan, pause, resume -------------------------------------------------------
+def plan(cfg: Config, args: argparse.Namespace) -> int:
+    from watcher.engine.preview import preview, print_preview
+
+    try:
+        result = preview(Deployer(cfg), args.rev)
+    except GitError as exc:
+        raise UsageError(f"{exc}; `git ls-remote` lists what the remote has") from None
+    if args.json:
+        print_json(result)
+    else:
+        print_preview(result)
+    return int(result["exit_code"])
+
+
+def pause(cfg: Config, args: argparse.Namespace) -> int:
+    from watcher.control import pause as do_pause
+
+    record = do_pause(cfg, args.reason, args.until)
+    until = f" until {record['until']}" if record["until"] else " until `watcher resume`"
+    print(f"paused by {record['by']}{until}: automatic deploys (poll, webhooks, trigger, "
+          "SIGUSR1, --once) wait; `watcher deploy REV` and `rollback` still work")
+    return 0
+
+
+def resume(cfg: Config, args: argparse.Namespace) -> int:
+    from watcher.control import resume as do_resume
+
+    record = do_resume(cfg)
+    if record is None:
+        print("not paused")
+        return 0
+    hinted = try_hint(cfg)
+    print("resumed: automatic deploys go ahead"
+          + ("; the daemon checks now" if hinted else ""))
+    return 0
+
+
+def try_hint(cfg: Config) -> bool:
+    """After `resume`: ask a running daemon to check now (best effort, quietly)."""
+    from watcher.daemon.loop import trigger_key_path
+    from watcher.daemon.webhooks import send_trigger
+
+    with contextlib.suppress(Exception):
+        key = trigger_key_path(cfg).read_bytes().strip()
+        return send_trigger(cfg.webhook.listen, key, timeout=2.0) == 202
+    return False

@@ -46,6 +46,11 @@ class Report:
     commits: tuple[Commit, ...]
     migrations_applied: tuple[str, ...]
     watcher_version: str
+    # Who or what started it (issue 14): "poll", "webhook:<forge>", "trigger" or "cli";
+    # `actor` is the user for "cli"; `tag` the git.tag_pattern tag deployed, if any.
+    trigger: str = "poll"
+    actor: str | None = None
+    tag: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The document of DESIGN §7, field for field and in order; `error` None when absent."""

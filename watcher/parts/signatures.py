@@ -24,6 +24,7 @@ from pathlib import Path
 
 import structlog
 
+from watcher.config import GitConfig
 from watcher.errors import ConfigError, GitError, TransientError
 from watcher.parts.runner import Result, clean_env, run
 
@@ -67,6 +68,11 @@ class Verifier:
         self.allowed_signers = allowed_signers
         self.gpg_keys = gpg_keys
         self.timeout = timeout
+
+    @classmethod
+    def from_config(cls, cfg: GitConfig, mirror: Path, state_dir: Path) -> Verifier:
+        return cls(cfg.verify, mirror, state_dir, allowed_signers=cfg.allowed_signers_file,
+                   gpg_keys=cfg.gpg_keys_file, timeout=cfg.timeout)
 
     @property
     def enabled(self) -> bool:

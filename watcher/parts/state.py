@@ -30,6 +30,7 @@ class ReleaseRecord:
     venv: str
     ok: bool = True
     colour: str = ""
+    tag: str = ""  # the git.tag_pattern tag it was deployed from
 
 
 @dataclass
