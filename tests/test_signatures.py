@@ -98,7 +98,7 @@ def gpg_verifier(s: Signed, state: Path) -> Verifier:
     ("ssh_alice", "good", "alice@example.com"),
     ("ssh_mallory", "unknown_key", "ED25519 key SHA256:"),
     ("unsigned", "unsigned", ""),
-    ("ssh_alice_tampered", "bad_signature", ""),
+    ("ssh_alice_tampered", "bad_signature", "claims alice@example.com"),
     ("gpg_alice", "unknown_key", "a gpg key"),  # an allowed-signers list knows no gpg key
 ])
 def test_ssh_verdicts(signed: Signed, tmp_path: Path, commit: str, kind: str,

@@ -88,7 +88,7 @@ class Verifier:
     def _verify(self, kind: str, rev: str, subject: str) -> Verdict:
         env = clean_env({"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull,
                          "LC_ALL": "C"})
-        signature = self._signature_format(kind, rev, env)
+        signature, armored = self._signature_of(kind, rev, env)
         if signature is None:
             return self._say(Verdict(False, "unsigned", "", subject))
         if signature != self.mode:  # e.g. a gpg signature where ssh keys are the list
@@ -106,16 +106,32 @@ class Verifier:
                   step="verify", timeout=self.timeout, env=env, check=False)
         if res.timed_out:  # not the commit's fault: the next check tries again
             raise TransientError(f"git {command} timed out after {self.timeout:g}s")
-        return self._say((_ssh_verdict if self.mode == "ssh" else _gpg_verdict)(res, subject))
+        verdict = (_ssh_verdict if self.mode == "ssh" else _gpg_verdict)(res, subject)
+        if verdict.kind == "bad_signature" and not verdict.signer and self.mode == "ssh":
+            verdict = Verdict(False, verdict.kind, self._ssh_signer(armored, env), subject)
+        return self._say(verdict)
+
+    def _ssh_signer(self, armored: str, env: dict[str, str]) -> str:
+        """Who a bad ssh signature claims to be: the principal its key has in the list (the
+        key is inside the signature, so this needs no valid signature)."""
+        with tempfile.NamedTemporaryFile("w", prefix="watcher-sig-") as sig:
+            sig.write(armored)
+            sig.flush()
+            res = run(["ssh-keygen", "-Y", "find-principals", "-s", sig.name, "-f",
+                       self._signers_file()], step="verify", timeout=self.timeout, env=env,
+                      check=False)
+        lines = [ln.strip() for ln in res.output.splitlines() if ln.strip()]
+        return f"claims {lines[0]}" if res.ok and lines else "a key not in the list"
 
     def _say(self, verdict: Verdict) -> Verdict:
         log.info("verify.verdict", subject=verdict.subject, verdict=verdict.kind,
                  signer=verdict.signer)
         return verdict
 
-    def _signature_format(self, kind: str, rev: str, env: dict[str, str]) -> str | None:
-        """"ssh", "gpg" or None (unsigned), read from the object itself: a commit's `gpgsig`
-        header, a tag's trailing signature block."""
+    def _signature_of(self, kind: str, rev: str,
+                      env: dict[str, str]) -> tuple[str | None, str]:
+        """("ssh" | "gpg" | None for unsigned, the armored signature), read from the object
+        itself: a commit's `gpgsig` header, a tag's trailing signature block."""
         with tempfile.NamedTemporaryFile(prefix="watcher-object-") as tmp:
             res = run(["git", "-C", str(self.mirror), "cat-file", kind, rev], step="verify",
                       timeout=self.timeout, env=env, stdout_path=Path(tmp.name), check=False)
@@ -126,14 +142,15 @@ class Verifier:
             raise GitError(f"{rev} is not a {kind} in the mirror: {res.output[-200:]}")
         if kind == "commit":
             header = text.split("\n\n", 1)[0]
-            if "\ngpgsig " not in header and "\ngpgsig-sha256 " not in header:
-                return None
-            text = header
-        if "-----BEGIN SSH SIGNATURE-----" in text:
-            return "ssh"
-        if "-----BEGIN PGP SIGNATURE-----" in text:
-            return "gpg"
-        return None
+            m = re.search(r"^gpgsig(?:-sha256)? (.*(?:\n .*)*)", header, re.M)
+            if not m:
+                return None, ""
+            text = m.group(1).replace("\n ", "\n")
+        for fmt, begin in (("ssh", "-----BEGIN SSH SIGNATURE-----"),
+                           ("gpg", "-----BEGIN PGP SIGNATURE-----")):
+            if begin in text:
+                return fmt, text[text.index(begin):]
+        return None, ""
 
     def _signers_file(self) -> str:
         path = self.allowed_signers
