@@ -111,9 +111,10 @@ def _inspect(deployer: Deployer, sha: str, live_sha: str | None, live_venv: str 
         out["reload"] = _reloads(cfg, plan.action("reload") or "hup")
         out["migrations"] = {"action": plan.action("migrate") or "never", "pending": []}
         try:
-            venvs.ensure(layout.venvs, digest, release, python=cfg.build.python,
-                         requirements=cfg.build.requirements, pip_args=cfg.build.pip_args,
-                         timeout=cfg.build.timeout)
+            if venv_step.action == "build":
+                venvs.build(layout.venvs, digest, release, python=cfg.build.python,
+                            requirements=cfg.build.requirements, pip_args=cfg.build.pip_args,
+                            timeout=cfg.build.timeout)
             out["venv"]["built_now"] = venv_step.action == "build"
             os.symlink(layout.venvs / digest, release / venvs.LINK)  # absolute: not in releases/
             link_shared(layout, release, [p for p in cfg.build.shared
