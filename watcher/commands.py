@@ -21,15 +21,20 @@ def _say(outcome: Outcome) -> int:
 
 
 def once(cfg: Config, args: argparse.Namespace) -> int:
+    from watcher.control import current_user
+
     deployer = Deployer(cfg)
-    outcome = deployer.check_once()
+    outcome = deployer.check_once(trigger="cli", actor=current_user())
     deployer.journal.flush()  # reports and mails a past run could not deliver (cron users)
     return _say(outcome)
 
 
 def deploy(cfg: Config, args: argparse.Namespace) -> int:
     try:
-        return _say(Deployer(cfg).deploy_rev(args.rev, lock_wait=args.wait))
+        from watcher.control import current_user
+
+        return _say(Deployer(cfg).deploy_rev(args.rev, lock_wait=args.wait,
+                                             actor=current_user()))
     except GitError as exc:
         # Only resolving REV raises GitError out of deploy_rev (git failures inside the deploy
         # become StepFailed): a rev git does not know is the operator's typo, exit 2.
@@ -37,19 +42,20 @@ def deploy(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def rollback(cfg: Config, args: argparse.Namespace) -> int:
+    from watcher.control import current_user
     from watcher.engine.rollback import rollback as do_rollback
 
-    return _say(do_rollback(Deployer(cfg), args.release, lock_wait=args.wait))
+    return _say(do_rollback(Deployer(cfg), args.release, lock_wait=args.wait,
+                            actor=current_user()))
 
 
 def status(cfg: Config, args: argparse.Namespace) -> int:
+    from watcher.control import hold_status, print_hold_status
 
     state = StateFile(cfg.state_dir / "state.json").load()
     live = state.live_record()
     last = state.history[-1] if state.history else None
     holder = lock.holder(cfg.state_dir / "lock")
-    from watcher.control import hold_status, print_hold_status
-
     holds = hold_status(cfg, state)
     data = {
         **holds,
@@ -101,9 +107,11 @@ def history(cfg: Config, args: argparse.Namespace) -> int:
     for e in reversed(entries):
         steps = " ".join(f"{s['name']}={s['duration_s']:.1f}s" for s in e.get("steps", [])
                          if s.get("outcome") != "skipped")
+        by = str(e.get("trigger") or "-") + (f" ({e['actor']})" if e.get("actor") else "")
+        tag = f" [{e['tag']}]" if e.get("tag") else ""
         print(f"{e.get('finished_at')}  {e.get('event'):8} {e.get('outcome'):15} "
-              f"{str(e.get('from_sha') or '-')[:12]} -> {str(e.get('to_sha'))[:12]}  "
-              f"{e.get('duration_s')}s  {steps}")
+              f"{str(e.get('from_sha') or '-')[:12]} -> {str(e.get('to_sha'))[:12]}{tag}  "
+              f"{e.get('duration_s')}s  {by}  {steps}")
     if not entries:
         print("no deploys yet", file=sys.stderr)
     return 0

@@ -86,7 +86,7 @@ def trigger_key_path(cfg: Config) -> Path:
 class Daemon:
     def __init__(self, cfg: Config, clock: Clock | None = None) -> None:
         self.cfg = cfg
-        self.deployer = Deployer(cfg)
+        self.deployer = Deployer(cfg, clock)
         self.hints = Hints()
         self.metrics = Metrics()
         self.stopping = threading.Event()
@@ -180,7 +180,7 @@ class Daemon:
         self.checks += 1
         interval = self.cfg.git.interval
         try:
-            outcome = self.deployer.check_once()
+            outcome = self.deployer.check_once(trigger=self.hints.take_trigger())
         except LockHeld as exc:
             log.info("check.lock_held", detail=str(exc))
             return self._jitter(min(interval, LOCK_RETRY))
@@ -199,16 +199,19 @@ class Daemon:
             return self._jitter(interval)
         self._succeeded(outcome)
         self.deployer.journal.flush()
+        if outcome.outcome == "waiting":
+            return self._jitter(self._until_hold_ends(interval))
         return self._jitter(interval)
 
     def _succeeded(self, outcome: Outcome) -> None:
-        result = {"unchanged": "unchanged", "succeeded": "deployed"}.get(outcome.outcome,
-                                                                         "failed")
+        result = {"unchanged": "unchanged", "succeeded": "deployed", "skipped": "skipped",
+                  "waiting": "waiting"}.get(outcome.outcome, "failed")
         self.metrics.check(result)
+        self.metrics.waiting(outcome.outcome == "waiting")
         if outcome.outcome in DEPLOY_OUTCOMES:
             self.metrics.deploy(outcome.outcome, outcome.duration_s)
         if outcome.outcome in ("unchanged", "succeeded"):
-            live_sha = outcome.sha
+            live_sha = outcome.sha  # (a skipped or waiting head is not live: read below)
         else:
             record = self.deployer.state_file.load().live_record()
             live_sha = record.sha if record else None

@@ -59,6 +59,9 @@ class Run:
     commits: list[Commit] = field(default_factory=list)
     migrations: list[str] = field(default_factory=list)
     held: Path | None = None  # the placeholder report spooled by went_live
+    trigger: str = "poll"  # poll | webhook:<forge> | trigger | cli
+    actor: str | None = None  # the user, for cli
+    tag: str | None = None  # the git.tag_pattern tag deployed
 
 
 class Journal:
@@ -76,10 +79,11 @@ class Journal:
             self.emailer = EmailNotifier(cfg.email, layout.state_dir / "spool-email",
                                          str(cfg.path))
 
-    def open(self, event: Event, state: State, to_sha: str) -> Run:
+    def open(self, event: Event, state: State, to_sha: str, *, trigger: str = "poll",
+             actor: str | None = None, tag: str | None = None) -> Run:
         live = state.live_record()
         return Run(event=event, from_sha=live.sha if live else None, to_sha=to_sha,
-                   steps=StepLog())
+                   steps=StepLog(), trigger=trigger, actor=actor, tag=tag)
 
     def went_live(self, state: State, run: Run, record: ReleaseRecord) -> None:
         """`record` is live and healthy: record it, with its history entry and a report in
@@ -115,9 +119,10 @@ class Journal:
                        report.duration_s)
 
     def last_check(self, state: State, result: str, sha: str | None = None,
-                   error: str = "") -> None:
+                   error: str = "", **extra: object) -> None:
+        """`extra`: what a skipped or waiting head needs said (reason, hold, until, tag)."""
         state.last_check = {"at": iso_utc(), "result": result, "remote_sha": sha,
-                            "error": error}
+                            "error": error, **extra}
         self.state_file.save(state)
 
     def flush(self) -> int:
@@ -141,7 +146,7 @@ class Journal:
             started_at=_iso(run.started), finished_at=_iso(finished),
             duration_s=round(finished - run.started, 3), steps=tuple(run.steps.results),
             error=error, commits=tuple(run.commits), migrations_applied=tuple(run.migrations),
-            watcher_version=__version__,
+            watcher_version=__version__, trigger=run.trigger, actor=run.actor, tag=run.tag,
         )
 
 

@@ -21,7 +21,8 @@ from watcher.parts.state import ReleaseRecord, State
 log = structlog.get_logger()
 
 
-def rollback(deployer: Deployer, target: str | None = None, lock_wait: float = 0.0) -> Outcome:
+def rollback(deployer: Deployer, target: str | None = None, lock_wait: float = 0.0,
+             actor: str | None = None) -> Outcome:
     """Switch, reload and health-check an older release; mark the commit left as bad, so the
     daemon does not redeploy it at its next check (until the branch moves)."""
     layout, journal, switcher = deployer.layout, deployer.journal, deployer.switcher
@@ -30,7 +31,7 @@ def rollback(deployer: Deployer, target: str | None = None, lock_wait: float = 0
         if live is None:
             raise UsageError("nothing to roll back: no release is live yet")
         record = _target(state, set(layout.names()), live, target)
-        run = journal.open("rollback", state, record.sha)
+        run = journal.open("rollback", state, record.sha, trigger="cli", actor=actor)
         mode, why = reload_mode(deployer.cfg, live_venv=live.venv, target_venv=record.venv)
         plan = go_live_steps(deployer.cfg, mode, why)
         switcher.ensure_reachable()  # unreachable: exit 3, nothing switched
