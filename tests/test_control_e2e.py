@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -22,7 +23,6 @@ from support.supervisord import free_port
 
 from watcher.config import load
 from watcher.daemon.loop import Daemon
-from watcher.engine.deploy import Deployer
 
 pytestmark = pytest.mark.slow
 SECRET = "canary-hook-secret-14c0"
@@ -127,8 +127,8 @@ def test_paused_daemon_takes_a_signed_webhook_and_waits(box: Box, resumed: None)
         assert res.returncode == 0 and "the daemon checks now" in res.stdout
         wait_served(site, sha, timeout=60)
         d.wait_for("deploy.finished")
-        _, metrics = http_get(box.port, "/metrics")
-        assert "watcher_paused 0.0" in metrics and "watcher_waiting 0.0" in metrics
+        metrics = metrics_once(box.port, "watcher_waiting 0.0")
+        assert "watcher_paused 0.0" in metrics
         assert box.reports()[-1]["trigger"] == "trigger"
         code = code_change(site, "webhook-resumed")
         assert post_github_push(box.port, SECRET, code) == 202
@@ -136,6 +136,18 @@ def test_paused_daemon_takes_a_signed_webhook_and_waits(box: Box, resumed: None)
         d.wait_for("deploy.finished", after=1)
         assert box.reports()[-1]["trigger"] == "webhook:github"
         assert d.stop() == 0
+
+
+def metrics_once(port: int, line: str, timeout: float = 20.0) -> str:
+    """/metrics once it shows `line` (the daemon updates them just after logging the end of
+    a deploy); the last scrape when it never does, for the assertion's message."""
+    deadline = time.monotonic() + timeout
+    while True:
+        _, text = http_get(port, "/metrics")
+        if line in text or time.monotonic() > deadline:
+            assert line in text, text[-1500:]
+            return text
+        time.sleep(0.1)
 
 
 def _ssh_keys(base: Path) -> tuple[Path, Path]:
@@ -231,7 +243,7 @@ def test_window_holds_then_the_daemon_deploys_when_it_opens(box: Box) -> None:
                                      "WATCHER_GIT_INTERVAL": "2h",
                                      "WATCHER_WEBHOOK_LISTEN": f"127.0.0.1:{free_port()}"})
     clock = FakeClock(datetime(2026, 11, 30, 8, 0, tzinfo=timezone.utc))  # a Monday
-    daemon = Daemon(cfg, Deployer(cfg, clock=clock), clock=clock)
+    daemon = Daemon(cfg, clock=clock)
     live = site.live_release()
     sha = code_change(site, "window")
     delay = daemon.tick()
