@@ -70,23 +70,24 @@ def test_plan_new_requirement_and_migration_changes_nothing_live(box: Box) -> No
         "pages/migrations/0002_visit_path.py": MIGRATION,
     }, "Track the visited path; packaging for version parsing")
     before = snapshot(site)
-    res, out = plan(site)
+    text = site.watcher("plan", timeout=300)
+    print("\n$ watcher plan\n" + text.stdout)
+    assert text.returncode == 0, text.stderr[-3000:]
+    assert "-> DEPLOY" in text.stdout and "pages.0002_visit_path" in text.stdout
+    assert "venv:         build" in text.stdout
+    assert snapshot(site) == before
+    res, out = plan(site)  # the venv the first plan built is now reused
     assert snapshot(site) == before
     assert res.returncode == 0 and out["decision"] == "deploy", out
     assert out["target"] == {"sha": sha, "tag": None}
     assert [c["sha"] for c in out["commits"]] == [sha]  # type: ignore[index]
-    assert out["venv"]["action"] == "build" and out["venv"]["built_now"]  # type: ignore[index]
+    assert out["venv"]["action"] == "reuse" and not out["venv"]["built_now"]  # type: ignore[index]
     assert out["migrations"]["pending"] == [  # type: ignore[index]
         {"name": "pages.0002_visit_path", "class": None}]
     assert out["collectstatic"]["action"] == "run"  # type: ignore[index]
     assert out["reload"] == [{"program": "mysite", "action": "restart"}]
     assert out["signature"] == {"verdict": "off"}
     assert out["hold"] is None and out["skip"] is None
-    text = site.watcher("plan", timeout=300)
-    print("\n" + text.stdout)
-    assert text.returncode == 0 and "pages.0002_visit_path" in text.stdout
-    assert "venv:         reuse" in text.stdout  # built by the first plan: the deploy reuses it
-    assert snapshot(site) == before
     deploy = site.watcher("--once", timeout=300)
     assert deploy.returncode == 0, deploy.stderr[-3000:]
     assert settled(site, sha) == sha
