@@ -82,7 +82,10 @@ def hold_status(cfg: Config, state: State, now: datetime | None = None) -> dict[
                        "since": lc.get("waiting_since") or lc.get("at"),
                        "reason": held.reason if held else lc.get("hold"),
                        "until": iso(held.until) if held and held.until else None}
+    skipped = ({"sha": lc.get("remote_sha"), "reason": lc.get("reason")}
+               if lc.get("result") == "skipped" else None)
     return {
+        "skipped": skipped,
         "paused": record,
         "schedule": {"windows": list(cfg.schedule.windows), "timezone": cfg.schedule.timezone,
                      "open": schedule.is_open(now),
@@ -93,6 +96,8 @@ def hold_status(cfg: Config, state: State, now: datetime | None = None) -> dict[
 
 def print_hold_status(data: dict[str, Any]) -> None:
     record, sched, waiting = data["paused"], data["schedule"], data["waiting"]
+    if data.get("skipped"):
+        print(f"skipped:      {str(data['skipped']['sha'])[:12]}: {data['skipped']['reason']}")
     if record:
         until = f" until {record['until']}" if record.get("until") else " until `watcher resume`"
         why = f": {record['reason']}" if record.get("reason") else ""
