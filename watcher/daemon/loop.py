@@ -23,6 +23,7 @@ import structlog
 
 from watcher.config import Config, read_secret
 from watcher.control import active_pause, schedule_of
+from watcher.daemon.forges import watched
 from watcher.daemon.metrics import Metrics
 from watcher.daemon.webhooks import WebhookServer, send_trigger
 from watcher.engine.deploy import Deployer, Outcome
@@ -105,7 +106,8 @@ class Daemon:
         runner.CANCEL.clear()
         self._write_trigger_key()
         self.server = WebhookServer(
-            self.cfg.webhook.listen, self.cfg.git.branch, self._secret, self.hints.hint,
+            self.cfg.webhook.listen, watched(self.cfg.git.branch, self.cfg.git.tag_pattern),
+            self._secret, self.hints.hint,
             self.health, self.metrics, self._trigger_key,
         )
         restore = self._signals()
