@@ -170,14 +170,21 @@ def signed_commit(site: Site, key: Path, tag: str) -> str:
 
 
 def test_unsigned_and_foreign_commits_are_refused(box: Box, tmp_path: Path) -> None:
-    """`verify = "ssh"`: an unsigned head is refused before export (failed, exit 1, marked
-    bad, no release dir made), the report says "not signed"; a head signed by a key not in
+    """`verify = "ssh"`: `plan` shows an unsigned head would be refused (exit 1); `--once`
+    refuses it before export (failed, exit 1, marked bad, no release dir made), the report
+    says "not signed"; a head signed by a key not in
     the list names the key; a head signed by alice deploys."""
     site = box.site
     alice, signers = _ssh_keys(tmp_path)
     env = {"WATCHER_GIT_VERIFY": "ssh", "WATCHER_GIT_ALLOWED_SIGNERS_FILE": str(signers)}
     live, releases = site.live_release(), site.releases()
     unsigned = code_change(site, "unsigned")
+    res = box.watcher("plan", "--json", env=env)
+    assert res.returncode == 1, res.stderr[-2000:]
+    planned = json.loads(res.stdout)
+    assert planned["decision"] == "refuse"
+    assert planned["signature"][0]["verdict"] == "unsigned"
+    assert site.releases() == releases
     res = box.watcher("--once", env=env)
     assert res.returncode == 1, res.stderr[-2000:]
     assert site.live_release() == live and site.releases() == releases
