@@ -43,6 +43,17 @@ class Box:
     def reports(self) -> list[dict[str, Any]]:
         return [r.json for r in self.site.api.requests if isinstance(r.json, dict)]
 
+    def report_for(self, sha: str, timeout: float = 30.0) -> dict[str, Any]:
+        """The report of the deploy of `sha`, once the logging API has it (a daemon sends it
+        just after logging the end of the deploy)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [r for r in self.reports() if r.get("to_sha") == sha]
+            if found:
+                return found[-1]
+            assert time.monotonic() < deadline, f"no report for {sha[:12]}"
+            time.sleep(0.1)
+
     def last_check(self) -> dict[str, Any]:
         return dict(self.site.state()["last_check"])
 
@@ -129,12 +140,12 @@ def test_paused_daemon_takes_a_signed_webhook_and_waits(box: Box, resumed: None)
         d.wait_for("deploy.finished")
         metrics = metrics_once(box.port, "watcher_waiting 0.0")
         assert "watcher_paused 0.0" in metrics
-        assert box.reports()[-1]["trigger"] == "trigger"
+        assert box.report_for(sha)["trigger"] == "trigger"
         code = code_change(site, "webhook-resumed")
         assert post_github_push(box.port, SECRET, code) == 202
         wait_served(site, code, timeout=60)
         d.wait_for("deploy.finished", after=1)
-        assert box.reports()[-1]["trigger"] == "webhook:github"
+        assert box.report_for(code)["trigger"] == "webhook:github"
         assert d.stop() == 0
 
 
