@@ -33,7 +33,7 @@ RELEASE_RE = r"\d{8}T\d{6}Z-[0-9a-f]{12}"
 REPORT_FIELDS = {
     "id", "app", "host", "event", "outcome", "from_sha", "to_sha", "release", "started_at",
     "finished_at", "duration_s", "steps", "error", "commits", "migrations_applied",
-    "watcher_version", "warnings", "migrations_reversed",
+    "watcher_version", "trigger", "actor", "warnings", "migrations_reversed", "tag",
 }
 HEALTHZ_LINE = (
     'return HttpResponse(f"ok {revision()}\\n", content_type="text/plain; charset=utf-8")'

@@ -38,6 +38,9 @@ DESIGN_KEYS: dict[str, set[str]] = {
         "token_file",
         "interval",
         "timeout",
+        # issue 14
+        "verify", "allowed_signers_file", "gpg_keys_file", "tag_pattern", "prereleases",
+        "paths", "ignore_paths",
     },
     "build": {"python", "requirements", "installer", "pip_args", "shared"},
     "django": {"manage", "settings", "migrate", "collectstatic", "check_deploy"},
@@ -49,6 +52,7 @@ DESIGN_KEYS: dict[str, set[str]] = {
     "report": {"url", "token_file", "format"},
     "webhook": {"listen", "secret_file"},
     "notify.email": {"smtp_url", "api_url", "username", "password_file", "sender", "to", "on"},
+    "schedule": {"windows", "timezone"},  # issue 14
 }
 
 

@@ -242,3 +242,27 @@ def test_long_refs_are_shortened_in_reasons() -> None:
     decision = forges.parse_push("github", headers, body, BRANCH)
     assert decision.outcome == "ignored"
     assert len(decision.reason) < 300
+
+
+# -- issue 14: with git.tag_pattern, a matching tag push is the hint ---------------------------
+TAGGED = forges.watched("main", "v*")
+
+
+@pytest.mark.parametrize(("request_", "queued"), [
+    (gh("push", ref="refs/tags/v1.10.0", after="a" * 40), True),
+    (gh("push", ref="refs/tags/nightly", after="a" * 40), False),
+    (gh("push", ref="refs/tags/v1.10.0", after="0" * 40), False),  # tag deleted
+    (gh("push", ref="refs/heads/main", after="a" * 40), False),  # the branch is not deployed
+    (gl(object_kind="tag_push", ref="refs/tags/v2.0.0", after="a" * 40), True),
+    (gt("push", ref="refs/tags/v2.0.0", after="a" * 40), True),
+    (bb("repo:push", bb_branch("v3.1.0", "tag")), True),
+    (bb("repo:push", bb_branch("main")), False),
+    (gen({"ref": "refs/tags/v1.0.0"}), True),
+])
+def test_tag_pushes_are_hints_with_a_tag_pattern(request_: tuple[str, dict[str, str], bytes],
+                                                 queued: bool) -> None:
+    """With `git.tag_pattern = "v*"`, a push of a matching tag queues a check on every forge;
+    other tags, deleted tags and branch pushes are ignored."""
+    forge, headers, body = request_
+    assert (forges.parse_push(forge, headers, body, TAGGED) == forges.QUEUED) is queued
+    assert forges.watched("main", "") == "main"

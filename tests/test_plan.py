@@ -199,3 +199,18 @@ def test_workers_restart_right_after_health_whatever_the_reload(
 def test_no_workers_no_workers_step() -> None:
     """Without supervisor.workers nothing is planned for them."""
     assert make_plan(code_only(), config()).action("workers") is None
+
+
+# -- issue 14: signatures ----------------------------------------------------------------------
+@pytest.mark.parametrize(("git", "names"), [
+    ({}, ["fetch", "export"]),
+    ({"verify": "ssh", "allowed_signers_file": "/etc/watcher/allowed_signers"},
+     ["fetch", "verify", "export"]),
+    ({"verify": "gpg", "gpg_keys_file": "/etc/watcher/keys.asc"}, ["fetch", "verify", "export"]),
+])
+def test_verify_runs_between_fetch_and_export(git: dict[str, Any], names: list[str]) -> None:
+    """With `git.verify`, the commit's signature is checked after the fetch and before
+    anything is exported; without it there is no such step."""
+    plan = make_plan(code_only(), config(git=git))
+    assert list(plan.names[:len(names)]) == names
+    assert plan.action("verify") == (git.get("verify") or None)

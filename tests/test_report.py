@@ -23,7 +23,7 @@ TOKEN = "canary-7f3a9c2e51d84b06-TOKEN"
 DESIGN_FIELDS = [
     "id", "app", "host", "event", "outcome", "from_sha", "to_sha", "release", "started_at",
     "finished_at", "duration_s", "steps", "error", "commits", "migrations_applied",
-    "watcher_version", "warnings", "migrations_reversed",
+    "watcher_version", "trigger", "actor", "warnings", "migrations_reversed", "tag",
 ]
 BUDGET_S = 1.0
 TIMEOUT_S = 0.3

@@ -49,6 +49,16 @@ def _parser() -> argparse.ArgumentParser:
     h.add_argument("--json", action="store_true")
     sub.add_parser("check", parents=[common], help="validate config and reach every part")
     sub.add_parser("trigger", parents=[common], help="ask the running daemon to check now")
+    # -- issue 14: plan, pause, resume --
+    pl = sub.add_parser("plan", parents=[common],
+                        help="what a deploy of REV (default: the next check's) would do")
+    pl.add_argument("rev", nargs="?")
+    pl.add_argument("--json", action="store_true")
+    pa = sub.add_parser("pause", parents=[common], help="hold automatic deploys back")
+    pa.add_argument("--reason", default="", metavar="TEXT")
+    pa.add_argument("--until", default=None, metavar="TIME|DURATION",
+                    help='ends by itself: "2h", "18:00", "2026-12-01 09:00" (schedule.timezone)')
+    sub.add_parser("resume", parents=[common], help="end a pause")
     for action in (d, r):
         action.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                             help="wait this long for another watcher's lock")
@@ -138,5 +148,8 @@ def _handler(command: str) -> Handler:
         "check": commands.check,
         "run": commands.run,
         "trigger": commands.trigger,
+        "plan": commands.plan,
+        "pause": commands.pause,
+        "resume": commands.resume,
     }
     return handlers[command]

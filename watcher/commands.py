@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 
@@ -20,16 +21,21 @@ def _say(outcome: Outcome) -> int:
 
 
 def once(cfg: Config, args: argparse.Namespace) -> int:
+    from watcher.control import current_user
+
     deployer = Deployer(cfg)
-    outcome = deployer.check_once()
+    outcome = deployer.check_once(trigger="cli", actor=current_user())
     deployer.journal.flush()  # reports and mails a past run could not deliver (cron users)
     return _say(outcome)
 
 
 def deploy(cfg: Config, args: argparse.Namespace) -> int:
     try:
+        from watcher.control import current_user
+
         return _say(Deployer(cfg).deploy_rev(args.rev, lock_wait=args.wait,
-                                             allow_unsafe=args.allow_unsafe_migrations))
+                                             allow_unsafe=args.allow_unsafe_migrations,
+                                             actor=current_user()))
     except GitError as exc:
         # Only resolving REV raises GitError out of deploy_rev (git failures inside the deploy
         # become StepFailed): a rev git does not know is the operator's typo, exit 2.
@@ -37,22 +43,26 @@ def deploy(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def rollback(cfg: Config, args: argparse.Namespace) -> int:
+    from watcher.control import current_user
     from watcher.engine.rollback import rollback as do_rollback
 
     return _say(do_rollback(Deployer(cfg), args.release, lock_wait=args.wait,
-                            migrate=args.migrate))
+                            migrate=args.migrate, actor=current_user()))
 
 
 def status(cfg: Config, args: argparse.Namespace) -> int:
+    from watcher.control import hold_status, print_hold_status
 
     state = StateFile(cfg.state_dir / "state.json").load()
     live = state.live_record()
     last = state.history[-1] if state.history else None
     holder = lock.holder(cfg.state_dir / "lock")
+    holds = hold_status(cfg, state)
     data = {
+        **holds,
         "app": cfg.app.name,
         "live": {"release": live.name, "sha": live.sha, "venv": live.venv,
-                 "colour": live.colour or None} if live else None,
+                 "colour": live.colour or None, "tag": live.tag or None} if live else None,
         "last_check": state.last_check or None,
         "last_outcome": {k: last.get(k) for k in
                          ("event", "outcome", "to_sha", "release", "finished_at", "error")}
@@ -66,7 +76,8 @@ def status(cfg: Config, args: argparse.Namespace) -> int:
     print(f"app:          {cfg.app.name}")
     if live:
         colour = f", {live.colour}" if live.colour else ""
-        print(f"live:         {live.name} ({live.sha[:12]}{colour})")
+        tag = f", tag {live.tag}" if live.tag else ""
+        print(f"live:         {live.name} ({live.sha[:12]}{colour}{tag})")
     else:
         print("live:         nothing deployed")
     lc = state.last_check
@@ -77,6 +88,7 @@ def status(cfg: Config, args: argparse.Namespace) -> int:
         err = last.get("error")
         if isinstance(err, dict):
             print(f"  error:      {err.get('step')}: {err.get('message')}")
+    print_hold_status(holds)
     print(f"lock:         {'held by pid ' + str(holder) if holder else 'free'}")
     if state.bad:
         print(f"bad commits:  {', '.join(s[:12] for s in state.bad)}")
@@ -96,9 +108,11 @@ def history(cfg: Config, args: argparse.Namespace) -> int:
     for e in reversed(entries):
         steps = " ".join(f"{s['name']}={s['duration_s']:.1f}s" for s in e.get("steps", [])
                          if s.get("outcome") != "skipped")
+        by = str(e.get("trigger") or "-") + (f" ({e['actor']})" if e.get("actor") else "")
+        tag = f" [{e['tag']}]" if e.get("tag") else ""
         print(f"{e.get('finished_at')}  {e.get('event'):8} {e.get('outcome'):15} "
-              f"{str(e.get('from_sha') or '-')[:12]} -> {str(e.get('to_sha'))[:12]}  "
-              f"{e.get('duration_s')}s  {steps}")
+              f"{str(e.get('from_sha') or '-')[:12]} -> {str(e.get('to_sha'))[:12]}{tag}  "
+              f"{e.get('duration_s')}s  {by}  {steps}")
     if not entries:
         print("no deploys yet", file=sys.stderr)
     return 0
@@ -125,3 +139,52 @@ def trigger(cfg: Config, args: argparse.Namespace) -> int:
 def print_json(data: object) -> None:
     json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
     sys.stdout.write("\n")
+
+
+# -- issue 14: plan, pause, resume -------------------------------------------------------
+def plan(cfg: Config, args: argparse.Namespace) -> int:
+    from watcher.engine.preview import preview, print_preview
+
+    try:
+        result = preview(Deployer(cfg), args.rev)
+    except GitError as exc:
+        raise UsageError(f"{exc}; `git ls-remote` lists what the remote has") from None
+    if args.json:
+        print_json(result)
+    else:
+        print_preview(result)
+    return int(result["exit_code"])
+
+
+def pause(cfg: Config, args: argparse.Namespace) -> int:
+    from watcher.control import pause as do_pause
+
+    record = do_pause(cfg, args.reason, args.until)
+    until = f" until {record['until']}" if record["until"] else " until `watcher resume`"
+    print(f"paused by {record['by']}{until}: automatic deploys (poll, webhooks, trigger, "
+          "SIGUSR1, --once) wait; `watcher deploy REV` and `rollback` still work")
+    return 0
+
+
+def resume(cfg: Config, args: argparse.Namespace) -> int:
+    from watcher.control import resume as do_resume
+
+    record = do_resume(cfg)
+    if record is None:
+        print("not paused")
+        return 0
+    hinted = try_hint(cfg)
+    print("resumed: automatic deploys go ahead"
+          + ("; the daemon checks now" if hinted else ""))
+    return 0
+
+
+def try_hint(cfg: Config) -> bool:
+    """After `resume`: ask a running daemon to check now (best effort, quietly)."""
+    from watcher.daemon.loop import trigger_key_path
+    from watcher.daemon.webhooks import send_trigger
+
+    with contextlib.suppress(Exception):
+        key = trigger_key_path(cfg).read_bytes().strip()
+        return send_trigger(cfg.webhook.listen, key, timeout=2.0) == 202
+    return False

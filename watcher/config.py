@@ -365,6 +365,7 @@ def _check(cfg: Config) -> None:
     for rel in (*cfg.build.requirements, *cfg.build.shared, cfg.django.manage):
         if Path(rel).is_absolute() or ".." in Path(rel).parts:
             raise ConfigError(f"{p}: {rel!r} must be a path inside the release")
+    _check_control(cfg)
     if cfg.email is not None and (cfg.email.smtp_url or cfg.email.api_url):
         check_email(cfg.email, str(p))
     if cfg.forge is not None:
@@ -447,6 +448,34 @@ def _check_workers(cfg: Config, p: Path) -> None:
         if not name or name.endswith((":", ":*")):
             raise ConfigError(f"{p}: supervisor.workers: {name!r} must name one program "
                               "('name' or 'group:name')")
+
+
+def _check_control(cfg: Config) -> None:
+    """[git] verify, tag_pattern, paths, ignore_paths and [schedule] (issue 14)."""
+    from watcher.gates import check_patterns  # imported here: pathspec is only needed then
+    from watcher.schedule import Schedule
+
+    p, g = cfg.path, cfg.git
+    if g.verify == "ssh" and not g.allowed_signers_file:
+        raise ConfigError(f"{p}: git.verify = \"ssh\" needs git.allowed_signers_file")
+    if g.verify == "gpg" and not g.gpg_keys_file:
+        raise ConfigError(f"{p}: git.verify = \"gpg\" needs git.gpg_keys_file")
+    if g.prereleases and not g.tag_pattern:
+        raise ConfigError(f"{p}: git.prereleases needs git.tag_pattern")
+    for key, patterns in (("paths", g.paths), ("ignore_paths", g.ignore_paths)):
+        try:
+            check_patterns(patterns)
+        except ValueError as exc:
+            raise ConfigError(f"{p}: git.{key}: {exc}") from None
+    try:
+        Schedule.parse((), cfg.schedule.timezone)
+    except ValueError as exc:
+        raise ConfigError(f"{p}: schedule.timezone: {exc}") from None
+    for window in cfg.schedule.windows:
+        try:
+            Schedule.parse((window,), cfg.schedule.timezone)
+        except ValueError as exc:
+            raise ConfigError(f"{p}: schedule.windows: {exc}") from None
 
 
 def read_secret(path: str, key: str) -> str:

@@ -13,12 +13,13 @@ Event = Literal["deploy", "rollback"]
 # The outcome of a deploy or rollback, as the report (DESIGN §7) and history carry it.
 DeployOutcome = Literal["succeeded", "failed", "rolled_back", "rollback_failed"]
 # What one check came to: a deploy outcome, or one of the answers that deploy nothing.
-CheckOutcome = Literal[DeployOutcome, "unchanged", "known_bad"]
+CheckOutcome = Literal[DeployOutcome, "unchanged", "known_bad", "skipped", "waiting"]
 ReloadMode = Literal["hup", "restart", "bluegreen"]
 StepOutcome = Literal["ok", "failed", "timeout", "skipped"]
 StepName = Literal[
-    "fetch", "export", "shared", "venv", "check", "migrate", "collectstatic", "pre_switch",
-    "switch", "reload", "health", "workers", "contract_migrate", "post_switch", "prune",
+    "fetch", "verify", "export", "shared", "venv", "check", "migrate", "collectstatic",
+    "pre_switch", "switch", "reload", "health", "workers", "contract_migrate", "post_switch",
+    "prune",
 ]
 
 EVENTS: tuple[Event, ...] = get_args(Event)

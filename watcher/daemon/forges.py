@@ -20,6 +20,7 @@ verdict on a request: signature first, and the payload is parsed only when it ho
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import hmac
 import json
@@ -126,11 +127,27 @@ def _field(payload: Mapping[str, Any], key: str) -> str:
     return value
 
 
+TAGS = "refs/tags/"
+
 def _is_zero_sha(value: object) -> bool:
     return isinstance(value, str) and bool(value) and set(value) == {"0"}
 
 
+def watched(branch: str, tag_pattern: str) -> str:
+    """What pushes are hints for: the branch, or with `git.tag_pattern` the tags matching it,
+    spelled `refs/tags/<pattern>` (the `branch` argument of the parsers below)."""
+    return f"{TAGS}{tag_pattern}" if tag_pattern else branch
+
+
+def _tag_wanted(name: str, branch: str) -> bool:
+    return branch.startswith(TAGS) and fnmatch.fnmatchcase(name, branch[len(TAGS):])
+
+
 def _by_ref(ref: str, branch: str, deleted: bool) -> Decision:
+    if branch.startswith(TAGS):  # git.tag_pattern: a matching tag is the hint, not a branch
+        if ref.startswith(TAGS) and _tag_wanted(ref[len(TAGS):], branch) and not deleted:
+            return QUEUED
+        return ignored(f"ref {_short(ref)} does not match {_short(branch)}")
     if ref.startswith("refs/tags/"):
         return ignored(f"tag {_short(ref[len('refs/tags/'):])}")
     if ref != f"refs/heads/{branch}":
@@ -154,8 +171,10 @@ def _github(headers: dict[str, str], payload: dict[str, Any], branch: str) -> De
 
 def _gitlab(headers: dict[str, str], payload: dict[str, Any], branch: str) -> Decision:
     kind = _field(payload, "object_kind")
-    if kind == "tag_push":
+    if kind == "tag_push" and not branch.startswith(TAGS):
         return ignored("tag push")
+    if kind == "tag_push":
+        return _by_ref(_field(payload, "ref"), branch, _is_zero_sha(payload.get("after")))
     if kind != "push":
         return ignored(f"event {_short(kind)} is not a push")
     return _by_ref(_field(payload, "ref"), branch, _is_zero_sha(payload.get("after")))
@@ -191,7 +210,7 @@ def _bitbucket(headers: dict[str, str], payload: dict[str, Any], branch: str) ->
         if not isinstance(new, dict):
             raise _Malformed("push.changes[].new is not an object")
         kind, name = _field(new, "type"), _field(new, "name")
-        if kind == "branch" and name == branch:
+        if (kind == "branch" and name == branch) or (kind == "tag" and _tag_wanted(name, branch)):
             return QUEUED
         reasons.append(f"tag {_short(name)}" if kind == "tag" else
                        f"{_short(kind)} {_short(name)} is not branch {branch}")

@@ -22,6 +22,8 @@ from typing import Any
 import structlog
 
 from watcher.config import Config, read_secret
+from watcher.control import active_pause, schedule_of
+from watcher.daemon.forges import watched
 from watcher.daemon.metrics import Metrics
 from watcher.daemon.webhooks import WebhookServer, send_trigger
 from watcher.engine.deploy import Deployer, Outcome
@@ -35,6 +37,7 @@ from watcher.errors import (
 from watcher.kinds import DEPLOY_OUTCOMES
 from watcher.parts import runner
 from watcher.parts.state import write_atomic
+from watcher.schedule import Clock, utc_now
 
 log = structlog.get_logger()
 JITTER = 0.10
@@ -45,15 +48,21 @@ _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
 
 class Hints:
-    """A wake-up flag: hints set it, the loop clears it before each check."""
+    """A wake-up flag: hints set it, the loop clears it before each check. The first hint
+    since the last check names the check's trigger (DESIGN §7)."""
 
     def __init__(self) -> None:
         self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._source: str | None = None
         self.received = 0
 
     def hint(self, source: str) -> None:
         self.received += 1
         log.info("hint.received", source=source)
+        with self._lock:
+            if self._source is None and source != "shutdown":
+                self._source = source
         self._event.set()
 
     def wait(self, timeout: float) -> bool:
@@ -61,15 +70,24 @@ class Hints:
         self._event.clear()
         return fired
 
+    def take_trigger(self) -> str:
+        """"poll", "webhook:<forge>" or "trigger" (`watcher trigger`, SIGUSR1, `resume`) for
+        the check about to run; the slate is clean for the next one."""
+        with self._lock:
+            source, self._source = self._source, None
+        if source is None:
+            return "poll"
+        return "trigger" if source in ("trigger", "sigusr1") else f"webhook:{source}"
+
 
 def trigger_key_path(cfg: Config) -> Path:
     return cfg.state_dir / "trigger.key"
 
 
 class Daemon:
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, clock: Clock | None = None) -> None:
         self.cfg = cfg
-        self.deployer = Deployer(cfg)
+        self.deployer = Deployer(cfg, clock)
         self.hints = Hints()
         self.metrics = Metrics()
         self.stopping = threading.Event()
@@ -79,6 +97,8 @@ class Daemon:
         self.last: dict[str, Any] = {}
         self.server: WebhookServer | None = None
         self._term = False  # set by the SIGTERM/SIGINT handler
+        self.clock = clock or utc_now
+        self.metrics.paused_from(lambda: active_pause(cfg, self.clock()) is not None)
 
     # -- lifecycle -----------------------------------------------------------------------
     def run(self, max_checks: int | None = None) -> int:
@@ -86,7 +106,8 @@ class Daemon:
         runner.CANCEL.clear()
         self._write_trigger_key()
         self.server = WebhookServer(
-            self.cfg.webhook.listen, self.cfg.git.branch, self._secret, self.hints.hint,
+            self.cfg.webhook.listen, watched(self.cfg.git.branch, self.cfg.git.tag_pattern),
+            self._secret, self.hints.hint,
             self.health, self.metrics, self._trigger_key,
         )
         restore = self._signals()
@@ -161,7 +182,7 @@ class Daemon:
         self.checks += 1
         interval = self.cfg.git.interval
         try:
-            outcome = self.deployer.check_once()
+            outcome = self.deployer.check_once(trigger=self.hints.take_trigger())
         except LockHeld as exc:
             log.info("check.lock_held", detail=str(exc))
             return self._jitter(min(interval, LOCK_RETRY))
@@ -180,16 +201,19 @@ class Daemon:
             return self._jitter(interval)
         self._succeeded(outcome)
         self.deployer.journal.flush()
+        if outcome.outcome == "waiting":
+            return self._jitter(self._until_hold_ends(interval))
         return self._jitter(interval)
 
     def _succeeded(self, outcome: Outcome) -> None:
-        result = {"unchanged": "unchanged", "succeeded": "deployed"}.get(outcome.outcome,
-                                                                         "failed")
+        result = {"unchanged": "unchanged", "succeeded": "deployed", "skipped": "skipped",
+                  "waiting": "waiting"}.get(outcome.outcome, "failed")
         self.metrics.check(result)
+        self.metrics.waiting(outcome.outcome == "waiting")
         if outcome.outcome in DEPLOY_OUTCOMES:
             self.metrics.deploy(outcome.outcome, outcome.duration_s)
         if outcome.outcome in ("unchanged", "succeeded"):
-            live_sha = outcome.sha
+            live_sha = outcome.sha  # (a skipped or waiting head is not live: read below)
         else:
             record = self.deployer.state_file.load().live_record()
             live_sha = record.sha if record else None
@@ -203,6 +227,17 @@ class Daemon:
         self.metrics.check(result)
         self.last = {**self.last, "at": time.time(), "result": result, "error": error}
         log.warning("check.failed", result=result, error=error, consecutive=self.failures)
+
+    def _until_hold_ends(self, interval: float) -> float:
+        """While a head waits: the poll interval, or less when the pause's `until` or the
+        next window opening comes sooner (so the deploy starts within a second of it)."""
+        from watcher.gates import hold
+
+        now = self.clock()
+        held = hold(active_pause(self.cfg, now), schedule_of(self.cfg), now)
+        if held is None or held.until is None:
+            return interval
+        return max(0.0, min(interval, (held.until - now).total_seconds() + 0.5))
 
     def _jitter(self, seconds: float) -> float:
         return max(0.0, seconds * (1 + self.rng.uniform(-JITTER, JITTER)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -22,7 +23,7 @@ from prometheus_client import (
 
 from watcher import kinds
 
-CHECK_RESULTS = ("unchanged", "deployed", "failed", "transient")
+CHECK_RESULTS = ("unchanged", "deployed", "failed", "transient", "skipped", "waiting")
 DEPLOY_OUTCOMES = kinds.DEPLOY_OUTCOMES
 WEBHOOK_SOURCES = ("github", "gitlab", "gitea", "bitbucket", "generic", "trigger")
 WEBHOOK_RESULTS = ("queued", "ignored", "malformed", "unauthorized", "too_large", "error")
@@ -81,6 +82,16 @@ class Metrics:
             ["forge", "result"],
             registry=self.registry,
         )
+        self._paused = Gauge(
+            "watcher_paused",
+            "1 while `watcher pause` holds automatic deploys back, else 0.",
+            registry=self.registry,
+        )
+        self._waiting = Gauge(
+            "watcher_waiting",
+            "1 while a new head waits for a pause to end or a deploy window to open.",
+            registry=self.registry,
+        )
         self._lock = threading.Lock()
         self._live_sha: str | None = None
         # Series that exist from the start read 0 instead of being absent, so rate() and
@@ -110,6 +121,14 @@ class Metrics:
                 self._live.remove(self._live_sha)
             self._live.labels(sha).set(1)
             self._live_sha = sha
+
+    def paused_from(self, provider: Callable[[], bool]) -> None:
+        """Read the paused gauge from `provider` at each scrape: a `watcher pause` shows at
+        once, not at the next check."""
+        self._paused.set_function(lambda: 1.0 if provider() else 0.0)
+
+    def waiting(self, waiting: bool) -> None:
+        self._waiting.set(1 if waiting else 0)
 
     def webhook(self, forge: str, result: str) -> None:
         """Count one webhook or trigger request by its source and how it was answered."""

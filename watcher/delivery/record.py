@@ -46,8 +46,13 @@ class Report:
     commits: tuple[Commit, ...]
     migrations_applied: tuple[str, ...]
     watcher_version: str
+    # Who or what started it (issue 14): "poll", "webhook:<forge>", "trigger" or "cli";
+    # `actor` is the user for "cli".
+    trigger: str = "poll"
+    actor: str | None = None
     warnings: tuple[str, ...] = ()  # e.g. migrations run that the old code may not survive
     migrations_reversed: tuple[str, ...] = ()  # by `watcher rollback --migrate`
+    tag: str | None = None  # the git.tag_pattern tag deployed, if any
 
     def to_dict(self) -> dict[str, Any]:
         """The document of DESIGN §7, field for field and in order; `error` None when absent."""

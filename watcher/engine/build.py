@@ -23,7 +23,7 @@ from watcher.parts.django_steps import Django, Inspection
 from watcher.parts.releases import Layout, hardlink_tree, link_shared
 
 log = structlog.get_logger()
-SOURCE = ("fetch", "export")  # run by the executor itself: the plan is made from them
+SOURCE = ("fetch", "verify", "export")  # run by the executor itself: the plan is made from them
 
 
 class Builder:

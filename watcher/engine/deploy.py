@@ -15,6 +15,7 @@ from pathlib import Path
 import structlog
 
 from watcher.config import Config
+from watcher.engine.admission import admit, verify_signatures
 from watcher.engine.build import Builder
 from watcher.engine.golive import GoLiveFailed, Switcher
 from watcher.engine.journal import Journal, Outcome, Run
@@ -34,7 +35,9 @@ from watcher.parts import lock, procs, releases, runner, venvs
 from watcher.parts.django_steps import Django
 from watcher.parts.gitsource import GitSource
 from watcher.parts.releases import Layout
+from watcher.parts.signatures import Verifier
 from watcher.parts.state import ReleaseRecord, State, StateFile
+from watcher.schedule import Clock, utc_now
 
 __all__ = ["Deployer", "Outcome"]
 
@@ -45,10 +48,12 @@ OLD_WORKERS_TIMEOUT_S = 60.0
 
 
 class Deployer:
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, clock: Clock | None = None) -> None:
         self.cfg = cfg
+        self.clock = clock or utc_now  # windows and pause deadlines (tests pass their own)
         self.layout = Layout(cfg.app.root)
         self.git = GitSource(cfg.git, self.layout.repo)
+        self.verifier = Verifier.from_config(cfg.git, self.layout.repo, self.layout.state_dir)
         self.state_file = StateFile(self.layout.state_dir / "state.json")
         self.switcher = Switcher(cfg, self.layout)
         self.journal = Journal(cfg, self.layout, self.state_file)
@@ -68,11 +73,13 @@ class Deployer:
             yield state
 
     # -- entry points ------------------------------------------------------------------
-    def check_once(self, lock_wait: float = 0.0) -> Outcome:
-        """Step 1: resolve the remote head; deploy when it moved and is not known bad."""
+    def check_once(self, lock_wait: float = 0.0, *, trigger: str = "poll",
+                   actor: str | None = None) -> Outcome:
+        """Step 1: resolve the remote head (or the highest tag); deploy when it moved, is not
+        known bad, is not skipped by the path filters, and no pause or window holds it."""
         with self.locked(lock_wait) as state:
             try:
-                head = self.git.remote_head()
+                head, tag = self.git.remote_target()
             except TransientError as exc:
                 self.journal.last_check(state, "transient", error=str(exc))
                 raise
@@ -88,19 +95,25 @@ class Deployer:
                        f"retried until the branch moves (`watcher deploy {head[:12]}` forces it)")
                 log.warning("check.known_bad", sha=head[:12], step=bad.get("step"))
                 return Outcome("known_bad", EXIT_FAILED, head, state.live, msg)
-            return self.deploy(state, head)
+            gated = admit(self.cfg, self.git, self.journal, self.clock, state, head, tag)
+            if gated is not None:
+                return gated
+            return self.deploy(state, head, tag=tag, trigger=trigger, actor=actor)
 
-    def deploy_rev(self, rev: str, lock_wait: float = 0.0,
-                   allow_unsafe: bool = False) -> Outcome:
+    def deploy_rev(self, rev: str, lock_wait: float = 0.0, allow_unsafe: bool = False,
+                   actor: str | None = None) -> Outcome:
         """`watcher deploy REV`: a branch, tag or sha, also a known-bad one; with
-        `allow_unsafe`, also one whose migrations the live code would not survive."""
+        `allow_unsafe`, also one whose migrations the live code would not survive. Pauses,
+        windows and path filters do not apply (an operator decided); signatures do."""
         with self.locked(lock_wait) as state:
             sha = self.git.resolve(rev)
             live = state.live_record()
             if live is not None and live.sha == sha:
                 return Outcome("unchanged", EXIT_OK, sha, live.name, "already live")
             state.bad.pop(sha, None)
-            outcome = self.deploy(state, sha, allow_unsafe=allow_unsafe)
+            tag = rev if self.cfg.git.tag_pattern and self.git.has_tag(rev) else None
+            outcome = self.deploy(state, sha, allow_unsafe=allow_unsafe, tag=tag,
+                                  trigger="cli", actor=actor)
             if outcome.outcome == "succeeded":
                 self._hold(state, rev, sha)
             return outcome
@@ -116,8 +129,10 @@ class Deployer:
             log.info("deploy.head_held_back", head=head[:12], live=sha[:12])
 
     # -- the deploy --------------------------------------------------------------------
-    def deploy(self, state: State, sha: str, allow_unsafe: bool = False) -> Outcome:
-        run = self.journal.open("deploy", state, sha)
+    def deploy(self, state: State, sha: str, *, allow_unsafe: bool = False,
+               tag: str | None = None, trigger: str = "poll",
+               actor: str | None = None) -> Outcome:
+        run = self.journal.open("deploy", state, sha, trigger=trigger, actor=actor, tag=tag)
         live = state.live_record()
         name = releases.release_name(sha)
         release = self.layout.release(name)
@@ -160,7 +175,7 @@ class Deployer:
             state.mark_bad(sha, exc.step, exc.message)
             return self._roll_back(state, run, live, plan, name, exc)
         self.journal.went_live(state, run, ReleaseRecord(
-            name=name, sha=sha, venv=builder.digest, colour=colour,
+            name=name, sha=sha, venv=builder.digest, colour=colour, tag=tag or "",
             migrations=dict(builder.inspection.leaves) if builder.inspection else {}))
         self._after(state, plan.phase("after"), run, contract, old)
         return self.journal.close(state, run, "succeeded", EXIT_OK, name, None)
@@ -169,12 +184,17 @@ class Deployer:
                 release: Path) -> tuple[Plan, str]:
         """The source steps (fetch, export), then the whole plan, made from their result,
         and the new release's venv hash."""
-        fetch, export = source_steps(self.git.has(sha))
+        tag = run.tag
+        have = self.git.has(sha) and (tag is None or self.git.has_tag(tag))
+        fetch, *verify, export = source_steps(have, self.cfg.git.verify)
         with run.steps.step("fetch", fetch.reason, action=fetch.action):
             if fetch.action == "run":
-                self.git.fetch()
+                self.git.fetch(tags=tag is not None)
             if not self.git.has(sha):
                 raise GitError(f"commit {sha[:12]} is not on branch {self.cfg.git.branch}")
+        for step in verify:  # before anything of the commit is written out
+            with run.steps.step("verify", step.reason, action=step.action):
+                verify_signatures(self.verifier, sha, tag)
         with run.steps.step("export", export.reason, action=export.action):
             self.git.export(sha, release)
         run.commits = self.git.commits(live.sha if live else None, sha)
@@ -184,7 +204,7 @@ class Deployer:
             target_sha=sha, target_venv=digest,
             venv_ready=venvs.is_complete(self.layout.venvs, digest),
             changed=self.git.changed_paths(live.sha, sha) if live else None,
-            have_commit=fetch.action == "skip",
+            have_commit=have,
         ), self.cfg), digest
 
     def _roll_back(self, state: State, run: Run, live: ReleaseRecord | None, plan: Plan,

@@ -62,6 +62,9 @@ class Run:
     warnings: list[str] = field(default_factory=list)
     migrations_reversed: list[str] = field(default_factory=list)
     held: Path | None = None  # the placeholder report spooled by went_live
+    trigger: str = "poll"  # poll | webhook:<forge> | trigger | cli
+    actor: str | None = None  # the user, for cli
+    tag: str | None = None  # the git.tag_pattern tag deployed
 
 
 class Journal:
@@ -83,10 +86,11 @@ class Journal:
             self.forge = ForgeNotifier(cfg.forge, layout.state_dir / "spool-forge",
                                        timeout_s=cfg.forge.timeout, budget_s=cfg.forge.budget)
 
-    def open(self, event: Event, state: State, to_sha: str) -> Run:
+    def open(self, event: Event, state: State, to_sha: str, *, trigger: str = "poll",
+             actor: str | None = None, tag: str | None = None) -> Run:
         live = state.live_record()
         run = Run(event=event, from_sha=live.sha if live else None, to_sha=to_sha,
-                  steps=StepLog())
+                  steps=StepLog(), trigger=trigger, actor=actor, tag=tag)
         if self.forge is not None:  # pending on the commit: spooled, at most forge.budget
             self.forge.started(run.id, event, to_sha, run.from_sha)
         return run
@@ -127,9 +131,10 @@ class Journal:
                        report.duration_s)
 
     def last_check(self, state: State, result: str, sha: str | None = None,
-                   error: str = "") -> None:
+                   error: str = "", **extra: object) -> None:
+        """`extra`: what a skipped or waiting head needs said (reason, hold, until, tag)."""
         state.last_check = {"at": iso_utc(), "result": result, "remote_sha": sha,
-                            "error": error}
+                            "error": error, **extra}
         self.state_file.save(state)
 
     def flush(self) -> int:
@@ -156,6 +161,7 @@ class Journal:
             error=error, commits=tuple(run.commits), migrations_applied=tuple(run.migrations),
             watcher_version=__version__, warnings=tuple(run.warnings),
             migrations_reversed=tuple(run.migrations_reversed),
+            trigger=run.trigger, actor=run.actor, tag=run.tag,
         )
 
 

@@ -67,15 +67,18 @@ class Plan:
         return cast(ReloadMode, self.action("reload") or "hup")
 
 
-def source_steps(have_commit: bool) -> tuple[Step, ...]:
-    """Fetch (when the mirror lacks the commit) and export: what the rest is planned from."""
+def source_steps(have_commit: bool, verify: str = "off") -> tuple[Step, ...]:
+    """Fetch (when the mirror lacks the commit), verify its signature (with `git.verify`),
+    export: what the rest is planned from. Verifying comes before anything is exported."""
     fetch = (Step("fetch", "skip", "commit already in the mirror") if have_commit
              else Step("fetch", "run", "commit not in the mirror yet"))
-    return fetch, Step("export", "full", "a full export of the commit")
+    check = (Step("verify", verify, f"git.verify = {verify}: only signed commits"),)
+    return (fetch, *(check if verify != "off" else ()),
+            Step("export", "full", "a full export of the commit"))
 
 
 def make_plan(inp: PlanInput, cfg: Config) -> Plan:
-    steps: list[Step] = list(source_steps(inp.have_commit))
+    steps: list[Step] = list(source_steps(inp.have_commit, cfg.git.verify))
     if cfg.build.shared:
         steps.append(Step("shared", "link", f"{len(cfg.build.shared)} shared path(s)"))
     steps.append(_venv(inp))

@@ -35,7 +35,7 @@ NAMING_TIMEOUT_S = 60.0
 
 
 def rollback(deployer: Deployer, target: str | None = None, lock_wait: float = 0.0,
-             migrate: bool = False) -> Outcome:
+             migrate: bool = False, actor: str | None = None) -> Outcome:
     """Switch, reload and health-check an older release; mark the commit left as bad, so the
     daemon does not redeploy it at its next check (until the branch moves). With `migrate`,
     first reverse the migrations the older release does not know."""
@@ -56,7 +56,7 @@ def rollback(deployer: Deployer, target: str | None = None, lock_wait: float = 0
             if refusal:
                 log.error("rollback.refused", reason=refusal)
                 return Outcome("failed", EXIT_FAILED, record.sha, live.name, refusal)
-        run = journal.open("rollback", state, record.sha)
+        run = journal.open("rollback", state, record.sha, trigger="cli", actor=actor)
         if migrate and reversal is not None and reversal.migrations:
             failure = _reverse(newer, reversal, run, record.migrations)
             if failure is not None:  # nothing switched: the newer code runs on what is left

@@ -48,6 +48,7 @@ class StepKind:
 
 TABLE: tuple[StepKind, ...] = (
     StepKind("fetch", "before", "retry", "fetch the commit into the mirror repo/"),
+    StepKind("verify", "before", "abort", "git verify-commit (and verify-tag) on the mirror"),
     StepKind("export", "before", "abort", "write the commit into releases/<id>/ with REVISION"),
     StepKind("shared", "before", "abort", "link build.shared paths from shared/"),
     StepKind("venv", "before", "abort", "reuse venvs/<hash>/ or build it"),

@@ -20,6 +20,7 @@ import structlog
 
 from watcher.config import GitConfig, read_secret
 from watcher.errors import GitError, RemoteUnreachable, StepFailed
+from watcher.gates import peeled_tags, pick_tag
 from watcher.kinds import Commit
 from watcher.log import register_secret, scrub
 from watcher.parts.runner import clean_env, run
@@ -92,6 +93,37 @@ class GitSource:
             if name.strip() == ref and SHA_RE.match(sha):
                 return sha
         raise GitError(f"branch {self.cfg.branch!r} not found on the remote")
+
+    def remote_target(self) -> tuple[str, str | None]:
+        """What the next check deploys: (sha, None) for the branch head, or with
+        `git.tag_pattern` (commit sha, tag) of the highest matching semver tag. By ls-remote
+        only, so a check with nothing new fetches nothing."""
+        if not self.cfg.tag_pattern:
+            return self.remote_head(), None
+        best = pick_tag(peeled_tags(self.remote_tags()), self.cfg.tag_pattern,
+                        self.cfg.prereleases)
+        if best is None:
+            pre = "" if self.cfg.prereleases else " (pre-releases excluded)"
+            raise GitError(f"no tag on the remote matches git.tag_pattern "
+                           f"{self.cfg.tag_pattern!r} as a version{pre}")
+        return best.sha, best.name
+
+    def has_tag(self, name: str) -> bool:
+        res = run(["git", "-C", str(self.mirror), "rev-parse", "--verify", "--quiet",
+                   f"refs/tags/{name}"], step="fetch", timeout=self.cfg.timeout,
+                  env=self.env(), check=False)
+        return res.ok
+
+    def remote_tags(self) -> str:
+        """`git ls-remote --tags` of the remote (names, shas and peeled `^{}` lines): what
+        `gates.pick_tag` chooses from. No objects are fetched."""
+        try:
+            return self._git("ls-remote", "--tags", "--", self.cfg.remote, step="resolve")
+        except StepFailed as exc:
+            raise RemoteUnreachable(
+                f"git ls-remote --tags {scrub(self.cfg.remote)} failed: {exc.message}: "
+                f"{self._reason(exc)}"
+            ) from None
 
     def fetch(self, *, tags: bool = False) -> None:
         """Fetch the branch (and tags when asked) into the bare mirror, creating it first."""

@@ -33,6 +33,7 @@ class ReleaseRecord:
     # The newest migration per app when it went live, {app: name} (DESIGN 2a); empty for
     # releases recorded before watcher kept them.
     migrations: dict[str, str] = field(default_factory=dict)
+    tag: str = ""  # the git.tag_pattern tag it was deployed from
 
 
 @dataclass
@@ -145,3 +146,42 @@ def write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
 def iso_utc(ts: float | None = None) -> str:
     """A UTC timestamp to the second, as state.json and `watcher status` show them."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+class PauseFile:
+    """`.watcher/pause.json`: who paused automatic deploys, why, since and until when.
+
+    Its own file, not a field of state.json: `watcher pause` must not wait for a deploy's
+    lock, and a deploy that loaded state.json before the pause would write its old copy
+    back over it. Crash point: written atomically like state.json, so a kill leaves either
+    the old pause or the new one; `resume` removes the file (a kill before the unlink leaves
+    the pause in force, and running `resume` again ends it).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise TransientError(f"cannot read {self.path}: {exc.strerror or exc}") from None
+        except ValueError:
+            # Ours are written atomically; a hand-edited file that is not JSON still pauses.
+            log.error("pause.unreadable", path=str(self.path))
+            return {"by": "?", "reason": f"{self.path.name} is not valid JSON", "at": "",
+                    "until": None}
+        return data if isinstance(data, dict) else None
+
+    def save(self, by: str, reason: str, at: str, until: str | None) -> dict[str, Any]:
+        pause = {"by": by, "reason": reason, "at": at, "until": until}
+        write_atomic(self.path, json.dumps(pause, indent=1, sort_keys=True))
+        return pause
+
+    def clear(self) -> dict[str, Any] | None:
+        """Remove the pause; the one that was in force, if any."""
+        pause = self.load()
+        self.path.unlink(missing_ok=True)
+        return pause
