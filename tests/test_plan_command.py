@@ -82,8 +82,9 @@ def test_plan_new_requirement_and_migration_changes_nothing_live(box: Box) -> No
     assert out["target"] == {"sha": sha, "tag": None}
     assert [c["sha"] for c in out["commits"]] == [sha]  # type: ignore[index]
     assert out["venv"]["action"] == "reuse" and not out["venv"]["built_now"]  # type: ignore[index]
-    assert out["migrations"]["pending"] == [  # type: ignore[index]
-        {"name": "pages.0002_visit_path", "class": None}]
+    [pending] = out["migrations"]["pending"]  # type: ignore[index]
+    assert pending["name"] == "pages.0002_visit_path" and pending["class"] == "safe", pending
+    assert pending["operations"][0].startswith("AddField(visit.path): safe")
     assert out["collectstatic"]["action"] == "run"  # type: ignore[index]
     assert out["reload"] == [{"program": "mysite", "action": "restart"}]
     assert out["signature"] == {"verdict": "off"}

@@ -20,6 +20,7 @@ import structlog
 from watcher.config import Config
 from watcher.control import active_pause, schedule_of
 from watcher.engine.deploy import Deployer
+from watcher.engine.migrations import decide
 from watcher.engine.plan import PlanInput, make_plan
 from watcher.errors import EXIT_FAILED, EXIT_OK, StepFailed
 from watcher.gates import PathFilter, hold
@@ -119,15 +120,23 @@ def _inspect(deployer: Deployer, sha: str, live_sha: str | None, live_venv: str 
             os.symlink(layout.venvs / digest, release / venvs.LINK)  # absolute: not in releases/
             link_shared(layout, release, [p for p in cfg.build.shared
                                           if (layout.shared / p).exists()])
-            inspection = Django(cfg.django, release).inspect(gate=True)
+            inspection = Django(cfg.django, release).inspect(
+                gate=True, classify=cfg.django.migration_safety != "off")
         except StepFailed as exc:
             out["refusals"].append(f"{exc.step}: {exc.message}")
             out["error"] = {"step": exc.step, "message": exc.message,
                             "output_tail": exc.output_tail[-2000:]}
             return
         out["migrations"]["pending"] = [
-            {"name": name, "class": _migration_class(inspection, name)}
+            {"name": name, "class": _migration_class(inspection, name),
+             "operations": [f"{v.operation}: {v.klass}: {v.why}" for v in inspection.verdicts
+                            if v.migration == name]}
             for name in inspection.pending]
+        policy = decide(inspection, cfg.django.migration_safety, first_deploy=live_sha is None,
+                        allow_unsafe=False)
+        if policy.refusal:
+            out["refusals"].append(policy.refusal)
+        out["notes"] += policy.warnings
         if out["collectstatic"]["action"] == "carry" and inspection.static_dir_in(release) is None:
             out["collectstatic"] = {"action": "skip", "reason": "nothing local to carry: remote "
                                     "static storage or STATIC_ROOT outside the release"}
@@ -136,11 +145,15 @@ def _inspect(deployer: Deployer, sha: str, live_sha: str | None, live_venv: str 
 
 
 def _migration_class(inspection: Inspection, name: str) -> str | None:
-    """The class of DESIGN §2a (safe | contract | unsafe | unknown) once the gate's boot
-    classifies migrations (issue 10): read from `Inspection.classes` when it has one, None
-    (not classified) before. The refusal of an unsafe one is added in `_decide`."""
-    classes = getattr(inspection, "classes", None)
-    return classes.get(name) if isinstance(classes, dict) else None
+    """The class of DESIGN §2a of one pending migration: contract when all its operations
+    are (it runs after the switch), else the worst of them; None when not classified
+    (`django.migration_safety = "off"`)."""
+    classes = {v.klass for v in inspection.verdicts if v.migration == name}
+    if not classes:
+        return None
+    if name in inspection.contract():
+        return "contract"
+    return next(k for k in ("unsafe", "unknown", "safe", "contract") if k in classes)
 
 
 def _step_view(steps: Any, name: str) -> dict[str, str]:
@@ -168,8 +181,6 @@ def _done(out: dict[str, Any], decision: str, note: str) -> dict[str, Any]:
 
 
 def _decide(out: dict[str, Any]) -> dict[str, Any]:
-    if any(m.get("class") == "unsafe" for m in out.get("migrations", {}).get("pending", [])):
-        out["refusals"].append("unsafe migrations (DESIGN §2a)")
     if out["refusals"]:
         out.update(decision="refuse", exit_code=EXIT_FAILED)
     elif out.get("skip"):
@@ -210,6 +221,9 @@ def print_preview(p: dict[str, Any]) -> None:
                  for x in m["pending"]]
         print(f"migrations:   {', '.join(names) if names else 'none pending'}"
               f" (django.migrate: {m['action']})")
+        for x in m["pending"]:
+            for op in x.get("operations", []):
+                print(f"  {x['name']}: {op}")
     if "collectstatic" in p:
         c = p["collectstatic"]
         print(f"collectstatic: {c['action']} ({c['reason']})")
