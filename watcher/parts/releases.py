@@ -12,6 +12,7 @@ from pathlib import Path
 import structlog
 
 from watcher.errors import StepFailed
+from watcher.parts import fs
 from watcher.parts.fs import discard, fsync_dir, remove
 
 __all__ = ["Layout", "discard", "hardlink_tree", "link_shared", "prune", "release_name",
@@ -78,27 +79,36 @@ def link_shared(layout: Layout, release: Path, paths: Iterable[str]) -> None:
     A path missing from shared/ is seeded from the release when the release has it; a
     missing name without a suffix (media, data) becomes an empty directory; a missing file
     (.env) is an error, so a release never starts without its settings.
+
+    A symlink from the commit is never followed: one at the shared path itself is replaced
+    by the link into shared/ (and seeds nothing); one on the way to it (`var` for
+    `var/media`) fails the step, since following it could reach shared/ or any directory.
     """
     for rel in paths:
         target = layout.shared / rel
         inside = release / rel
+        above = fs.symlink_above(release, rel)
+        if above is not None:
+            what = "a symlink" if (release / above).is_symlink() else "not a directory"
+            raise StepFailed("shared", f"build.shared path {rel!r}: {above!r} in the commit is "
+                                       f"{what}; watcher does not follow it")
+        planted = inside.is_symlink()
         if not target.exists():
-            if inside.exists() and not inside.is_symlink():
+            if inside.exists() and not planted:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 if inside.is_dir():
                     shutil.copytree(inside, target, symlinks=True)
                 else:
-                    shutil.copy2(inside, target)
+                    shutil.copy2(inside, target, follow_symlinks=False)
                 log.info("shared.seeded", path=rel)
             elif not Path(rel).suffix and not rel.startswith("."):
                 target.mkdir(parents=True)
                 log.info("shared.created", path=rel)
             else:
                 raise StepFailed("shared", f"shared/{rel} does not exist; create it first")
-        if inside.is_symlink() or inside.is_file():
-            inside.unlink()
-        elif inside.is_dir():
-            shutil.rmtree(inside)
+        if planted:
+            log.warning("shared.commit_symlink_replaced", path=rel)
+        fs.remove(inside)
         inside.parent.mkdir(parents=True, exist_ok=True)
         os.symlink(target, inside)
 
