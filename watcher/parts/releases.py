@@ -12,8 +12,7 @@ from pathlib import Path
 import structlog
 
 from watcher.errors import StepFailed
-from watcher.parts import fs
-from watcher.parts.fs import discard, fsync_dir, remove
+from watcher.parts.fs import discard, fsync_dir, remove, symlink_above
 
 __all__ = ["Layout", "discard", "hardlink_tree", "link_shared", "prune", "release_name",
            "remove", "switch"]
@@ -87,7 +86,7 @@ def link_shared(layout: Layout, release: Path, paths: Iterable[str]) -> None:
     for rel in paths:
         target = layout.shared / rel
         inside = release / rel
-        above = fs.symlink_above(release, rel)
+        above = symlink_above(release, rel)
         if above is not None:
             what = "a symlink" if (release / above).is_symlink() else "not a directory"
             raise StepFailed("shared", f"build.shared path {rel!r}: {above!r} in the commit is "
@@ -108,7 +107,7 @@ def link_shared(layout: Layout, release: Path, paths: Iterable[str]) -> None:
                 raise StepFailed("shared", f"shared/{rel} does not exist; create it first")
         if planted:
             log.warning("shared.commit_symlink_replaced", path=rel)
-        fs.remove(inside)
+        remove(inside)
         inside.parent.mkdir(parents=True, exist_ok=True)
         os.symlink(target, inside)
 
