@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 import sys
+from urllib.parse import urlsplit
 
 import requests
 
-from watcher.config import Config
+from watcher.config import Config, is_loopback
 from watcher.engine.golive import connect
 from watcher.errors import EXIT_OK, EXIT_TRANSIENT, EXIT_USAGE, TransientError, WatcherError
 from watcher.log import scrub
@@ -60,11 +61,21 @@ def run_checks(cfg: Config) -> int:
         except requests.RequestException as exc:
             c.warn("health url", f"{cfg.health.url} unreachable ({type(exc).__name__})"
                    " - fine before the first deploy")
+    _cleartext(cfg, c)
     root = cfg.app.root
     if not root.exists():
         c.warn("app root", f"{root} does not exist yet; the first deploy creates it")
     sys.stdout.flush()
     return c.code
+
+
+def _cleartext(cfg: Config, c: _Checks) -> None:
+    """Reports (and the report token) sent over plain http to another host go in the clear."""
+    parts = urlsplit(cfg.report.url)
+    if parts.scheme == "http" and not is_loopback(parts.hostname or ""):
+        c.warn("report url", f"{cfg.report.url} is plain http to {parts.hostname}: reports "
+                             "and report.token_file's token cross the network in the clear; "
+                             "use https://")
 
 
 def _supervisor(cfg: Config, c: _Checks) -> None:
