@@ -4,6 +4,7 @@ or delete outside the release it builds (DESIGN §3): real git exports, real rel
 from __future__ import annotations
 
 import os
+import stat
 import tarfile
 from pathlib import Path
 
@@ -226,3 +227,28 @@ def test_a_symlinked_parent_commit_fails_the_deploy_and_touches_nothing(
     assert (uploads / "photo.jpg").read_text() == "jpeg"
     assert site.live_release() == live
     assert sha in site.state()["bad"]
+
+
+# -- modes (item 11) ------------------------------------------------------------------------
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_repo_is_private_and_releases_stay_readable(repo: Repo, tmp_path: Path) -> None:
+    """repo/ (the private history) is 0700, also when git creates the mirror and when an
+    older install left it 0755; releases/, venvs/, shared/ and a release's files stay
+    readable by others (Nginx serves static files from them)."""
+    layout = repo.layout
+    assert mode(layout.repo) == 0o700
+    assert {mode(d) for d in (layout.releases, layout.venvs, layout.shared)} == {0o755}
+    sha = repo.commit({"static/site.css": "a{}\n"}, {})
+    assert mode(layout.repo) == 0o700
+    release = repo.export(sha)
+    assert mode(release / "static" / "site.css") & 0o004
+    assert mode(release / "static") & 0o005 == 0o005
+    layout.repo.chmod(0o755)  # as created before this fix
+    layout.prepare()
+    assert mode(layout.repo) == 0o700
+    fresh = Layout(tmp_path / "fresh")
+    GitSource(repo.source.cfg, fresh.repo).fetch()
+    assert mode(fresh.repo) == 0o700

@@ -98,7 +98,8 @@ class GitSource:
     def fetch(self, *, tags: bool = False) -> None:
         """Fetch the branch (and tags when asked) into the bare mirror, creating it first."""
         if not (self.mirror / "HEAD").exists():
-            self.mirror.mkdir(parents=True, exist_ok=True)
+            self.mirror.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.mirror.chmod(0o700)  # the private history: the deploy user's alone
             self._git("init", "--bare", "--quiet", str(self.mirror), step="fetch")
         refspecs = [f"+refs/heads/{self.cfg.branch}:{TRACKING}{self.cfg.branch}"]
         if tags:

@@ -33,10 +33,16 @@ class Layout:
         self.state_dir = root / ".watcher"
 
     def prepare(self) -> None:
+        """Create the tree. `repo/` (the private history) and `.watcher/` are the deploy
+        user's alone, 0700, tightened on every start; releases/, venvs/ and shared/ are made
+        0755 when created, so the app's user and Nginx can read what they serve."""
         for d in (self.releases, self.venvs, self.shared):
-            d.mkdir(parents=True, exist_ok=True)
-        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self.state_dir, 0o700)
+            if not d.is_dir():
+                d.mkdir(parents=True, exist_ok=True)
+                os.chmod(d, 0o755)  # noqa: S103 - Nginx and the app user read releases
+        for d in (self.repo, self.state_dir):
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(d, 0o700)
 
     def release(self, name: str) -> Path:
         return self.releases / name
