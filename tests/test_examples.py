@@ -85,6 +85,7 @@ def _supervisor_tree(tmp_path: Path) -> Path:
         "/etc/supervisor/conf.d": str(tmp_path / "conf.d"),
         "chown=deploy:deploy": f"chown={user}:{group}",
         "user=deploy": f"user={user}",
+        "user=mysite": f"user={user}",
     }
     sources = [SUPERVISOR / "supervisord.conf", *sorted((SUPERVISOR / "conf.d").glob("*.conf"))]
     for source in sources:
@@ -128,11 +129,35 @@ def test_mysite_program_reloads_new_code_on_hup() -> None:
     assert not any(arg.startswith("--preload") for arg in argv)
     assert "preload_app" not in gunicorn
     assert program["directory"] == "/srv/mysite/current"
-    assert program["user"] == "deploy"
+    assert program["user"] == "mysite"
     assert int(program["startsecs"]) >= 5
     assert int(program["stopwaitsecs"]) > gunicorn["graceful_timeout"]
     assert program["stopsignal"] == "TERM"
     assert program["stopasgroup"] == program["killasgroup"] == "true"
+
+
+def test_the_app_and_watcher_run_as_two_users() -> None:
+    """Every shipped app program (plain, blue/green, full stack) runs as `mysite`, watcher
+    (Supervisord or systemd) as `deploy`, which alone may open the control socket: a
+    compromised app reads neither watcher's secrets nor its state (issue 11, item 12)."""
+    apps = [*(SUPERVISOR / "conf.d-bluegreen").glob("*.conf"),
+            SUPERVISOR / "conf.d" / "mysite.conf", SUPERVISOR / "conf.d-fullstack" / "mysite.conf"]
+    for path in apps:
+        for name, section in _ini(path).items():
+            if name.startswith("program:"):
+                assert section["user"] == "mysite", path
+                assert 'USER="mysite"' in section["environment"], path
+    watcher = _ini(SUPERVISOR / "conf.d" / "watcher.conf")["program:watcher"]
+    assert watcher["user"] == "deploy"
+    assert _ini(SYSTEMD / "watcher.service")["Service"]["User"] == "deploy"
+    server = _ini(SUPERVISOR / "supervisord.conf")["unix_http_server"]
+    assert (server["chmod"], server["chown"]) == ("0700", "deploy:deploy")
+    guide = (ROOT / "docs" / "deploy-on-a-vps.md").read_text()
+    for line in ("adduser --system --group --home /home/mysite", "usermod -aG mysite www-data",
+                 "install -d -o deploy -g mysite -m 2750 /srv/mysite",
+                 "install -m 0640 -o root -g mysite-env /dev/null /srv/mysite/shared/.env",
+                 "d /run/mysite 0750 mysite www-data -"):
+        assert line in guide
 
 
 def test_gunicorn_conf_defaults_and_env() -> None:

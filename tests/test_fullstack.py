@@ -66,7 +66,7 @@ def render_program(root: Path, sock: Path, home: Path) -> str:
     text = "\n".join(lines) + "\n"
     text = _sub(text, "unix:/run/mysite/gunicorn.sock", f"unix:{sock}")
     text = _sub(text, "/srv/mysite", str(root))
-    text = _sub(text, "/home/deploy", str(home))
+    text = _sub(text, "/home/mysite", str(home))
     return _sub(text, "autostart=true", "autostart=false")  # no release yet at boot
 
 
