@@ -345,31 +345,56 @@ def test_trickling_client_is_cut_off_at_the_total_deadline() -> None:
         h.server.stop()
 
 
-def test_over_the_concurrency_bound_is_503_at_once() -> None:
-    """With every handler slot taken, a new request gets 503 quickly; slots come back."""
+def test_idle_connections_at_the_bound_make_room_for_a_valid_hook() -> None:
+    """With every connection slot held by clients that sent nothing, a valid hook still gets
+    202 at once: the oldest idle connection is dropped for it."""
     h = Harness().start(client_timeout=5.0, max_clients=2)
     idle = [socket.create_connection(h.addr, timeout=5) for _ in range(2)]
     try:
-        time.sleep(0.3)  # both accepted and parked in their handler threads
-        headers, body = push("github")
-        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        request = (f"POST /hooks/github HTTP/1.1\r\nHost: t\r\n{head}"
-                   f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+        time.sleep(0.3)  # both accepted
         started = time.monotonic()
-        assert raw_exchange(h.addr, request).startswith(b"HTTP/1.1 503 ")
+        assert raw_exchange(h.addr, signed_request()).startswith(b"HTTP/1.1 202 ")
         assert time.monotonic() - started < 1.0
-        for conn in idle:
-            conn.close()
-        deadline = time.monotonic() + 3
-        while raw_exchange(h.addr, request).startswith(b"HTTP/1.1 503 "):
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        assert read_all(idle[0]) == b""  # the oldest was dropped
         assert h.hints == ["github"]
     finally:
         for conn in idle:
             conn.close()
         assert h.server is not None
         h.server.stop()
+
+
+def test_over_the_bound_with_bodies_in_flight_is_503_at_once() -> None:
+    """With every slot holding a request whose body is still arriving, a new request gets
+    503 quickly; slots come back when those end."""
+    h = Harness().start(client_timeout=5.0, max_clients=2)
+    held = [socket.create_connection(h.addr, timeout=5) for _ in range(2)]
+    try:
+        for conn in held:
+            conn.sendall(b"POST /hooks/github HTTP/1.1\r\nContent-Length: 50\r\n\r\n{")
+        time.sleep(0.3)
+        started = time.monotonic()
+        assert raw_exchange(h.addr, signed_request()).startswith(b"HTTP/1.1 503 ")
+        assert time.monotonic() - started < 1.0
+        for conn in held:
+            conn.close()
+        deadline = time.monotonic() + 3
+        while raw_exchange(h.addr, signed_request()).startswith(b"HTTP/1.1 503 "):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert h.hints == ["github"]
+    finally:
+        for conn in held:
+            conn.close()
+        assert h.server is not None
+        h.server.stop()
+
+
+def signed_request(forge: str = "github") -> bytes:
+    headers, body = push(forge)
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    return (f"POST /hooks/{forge} HTTP/1.1\r\nHost: t\r\n{head}"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
 
 def test_healthz(harness: Harness) -> None:

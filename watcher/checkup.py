@@ -6,10 +6,11 @@ import re
 import signal
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
 
-from watcher.config import Config, ForgeConfig
+from watcher.config import Config, ForgeConfig, is_loopback
 from watcher.delivery.forge import ForgeNotifier
 from watcher.delivery.retry import Failed as ForgeHTTPError
 from watcher.engine.golive import connect
@@ -74,6 +75,7 @@ def run_checks(cfg: Config, *, soft: bool = False) -> int:
                    " - fine before the first deploy")
     if cfg.forge is not None:
         _forge(cfg.forge, cfg.state_dir, c)
+    _cleartext(cfg, c)
     root = cfg.app.root
     if not root.exists():
         c.warn("app root", f"{root} does not exist yet; the first deploy creates it")
@@ -89,6 +91,15 @@ def command_problems(command: str, current: str) -> list[str]:
     if "--preload" in command:
         problems.append("--preload keeps the old code across a HUP")
     return problems
+
+
+def _cleartext(cfg: Config, c: _Checks) -> None:
+    """Reports (and the report token) sent over plain http to another host go in the clear."""
+    parts = urlsplit(cfg.report.url)
+    if parts.scheme == "http" and not is_loopback(parts.hostname or ""):
+        c.warn("report url", f"{cfg.report.url} is plain http to {parts.hostname}: reports "
+                             "and report.token_file's token cross the network in the clear; "
+                             "use https://")
 
 
 def _supervisor(cfg: Config, c: _Checks) -> None:

@@ -10,13 +10,14 @@ import sys
 from watcher.config import Config
 from watcher.engine.deploy import Deployer, Outcome
 from watcher.errors import GitError, UsageError
+from watcher.log import scrub
 from watcher.parts import lock
 from watcher.parts.state import StateFile
 
 
 def _say(outcome: Outcome) -> int:
     sha = outcome.sha[:12] if outcome.sha else "-"
-    print(f"{outcome.outcome}: {sha} {outcome.release or ''} {outcome.message}".rstrip())
+    print(scrub(f"{outcome.outcome}: {sha} {outcome.release or ''} {outcome.message}".rstrip()))
     return outcome.exit_code
 
 
@@ -87,7 +88,7 @@ def status(cfg: Config, args: argparse.Namespace) -> int:
               f"{str(last.get('to_sha'))[:12]} at {last.get('finished_at')}")
         err = last.get("error")
         if isinstance(err, dict):
-            print(f"  error:      {err.get('step')}: {err.get('message')}")
+            print(scrub(f"  error:      {err.get('step')}: {err.get('message')}"))
     print_hold_status(holds)
     print(f"lock:         {'held by pid ' + str(holder) if holder else 'free'}")
     if state.bad:
@@ -137,8 +138,7 @@ def trigger(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def print_json(data: object) -> None:
-    json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
-    sys.stdout.write("\n")
+    sys.stdout.write(scrub(json.dumps(data, indent=2, sort_keys=True, default=str)) + "\n")
 
 
 # -- issue 14: plan, pause, resume -------------------------------------------------------

@@ -7,7 +7,6 @@ Secrets are never values in the config: only `*_file` paths, read at each use by
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
 import sys
 from collections.abc import Mapping
@@ -16,6 +15,8 @@ from pathlib import Path
 from typing import Any, get_type_hints
 from urllib.parse import urlsplit
 
+from watcher import config_rules as rules
+from watcher.config_rules import is_loopback
 from watcher.config_values import EnvValue, convert, from_env, parse_duration
 from watcher.errors import ConfigError
 from watcher.kinds import DEPLOY_OUTCOMES
@@ -27,7 +28,7 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 DEFAULT_PATH = "/etc/watcher/watcher.toml"
 
-__all__ = ["Config", "load", "parse_duration", "read_secret"]
+__all__ = ["Config", "is_loopback", "load", "parse_duration", "read_secret"]
 
 
 def _dur(default: float) -> Any:
@@ -238,6 +239,10 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Config:
         raise ConfigError(f"config file not found: {path}") from None
     except PermissionError:
         raise ConfigError(f"config file not readable: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a directory, not a config file") from None
+    except OSError as exc:
+        raise ConfigError(f"config file not readable: {path}: {exc.strerror}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     return build(_flatten(raw, path), path, env)
@@ -323,6 +328,8 @@ def _section(cls: type, name: str, table: dict[str, Any], path: Path) -> Any:
         kwargs[fname] = convert(table[fname], hints[fname], where, is_duration)
         if is_duration and kwargs[fname] <= 0:
             raise ConfigError(f"{where} must be more than 0 seconds")
+        if is_duration:
+            rules.duration(where, kwargs[fname])
         choices = _CHOICES.get((name, fname))
         if choices and kwargs[fname] not in choices:
             raise ConfigError(f"{where} must be one of {', '.join(choices)}")
@@ -339,18 +346,7 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"{p}: app.name must not be empty")
     if not cfg.git.remote:
         raise ConfigError(f"{p}: git.remote must not be empty")
-    parts = urlsplit(cfg.git.remote)
-    if parts.scheme in ("http", "https") and (parts.password or parts.username):
-        raise ConfigError(
-            f"{p}: git.remote must not carry credentials; put the token in git.token_file"
-        )
-    if not cfg.git.branch:
-        raise ConfigError(f"{p}: git.branch must not be empty")
-    scheme = urlsplit(cfg.supervisor.url).scheme
-    if scheme not in ("unix", "http", "https"):
-        raise ConfigError(f"{p}: supervisor.url must start with unix:// or http://")
-    if cfg.git.interval <= 0:
-        raise ConfigError(f"{p}: git.interval must be positive")
+    _check_values(cfg)
     bg = cfg.bluegreen
     if bg is not None and (len(bg.programs) != 2 or len(bg.health_urls) != 2):
         raise ConfigError(
@@ -362,15 +358,33 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"{p}: supervisor.programs is empty and there is no [bluegreen] section")
     if not cfg.build.requirements:
         raise ConfigError(f"{p}: build.requirements must name at least one file")
-    for rel in (*cfg.build.requirements, *cfg.build.shared, cfg.django.manage):
-        if Path(rel).is_absolute() or ".." in Path(rel).parts:
-            raise ConfigError(f"{p}: {rel!r} must be a path inside the release")
     _check_control(cfg)
     if cfg.email is not None and (cfg.email.smtp_url or cfg.email.api_url):
         check_email(cfg.email, str(p))
     if cfg.forge is not None:
         _check_forge(cfg.forge, p)
     _check_workers(cfg, p)
+
+
+def _check_values(cfg: Config) -> None:
+    """Values a type alone does not catch (config_rules.py), each naming its key."""
+    p = cfg.path
+    rules.remote(f"{p}: git.remote", cfg.git.remote, cfg.git.token_file)
+    rules.branch(f"{p}: git.branch", cfg.git.branch)
+    rules.supervisor_url(f"{p}: supervisor.url", cfg.supervisor.url)
+    rules.not_blank(f"{p}: build.python", cfg.build.python)
+    rules.release_path(f"{p}: django.manage", cfg.django.manage)
+    for rel in cfg.build.requirements:
+        rules.release_path(f"{p}: build.requirements", rel)
+    for rel in cfg.build.shared:
+        rules.release_path(f"{p}: build.shared", rel, shared=True)
+    if cfg.health.url:
+        rules.web_url(f"{p}: health.url", cfg.health.url)
+    for url in cfg.bluegreen.health_urls if cfg.bluegreen else ():
+        rules.web_url(f"{p}: bluegreen.health_urls", url)
+    if cfg.report.url:
+        rules.web_url(f"{p}: report.url", cfg.report.url)
+    rules.listen(f"{p}: webhook.listen", cfg.webhook.listen)
 
 
 def check_email(cfg: EmailConfig, where: str) -> None:
@@ -390,13 +404,6 @@ def check_email(cfg: EmailConfig, where: str) -> None:
     if unknown:
         raise ConfigError(f"{where}: notify.email.on: unknown outcome(s) {unknown}; "
                           f"expected some of {', '.join(DEPLOY_OUTCOMES)}")
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _smtp_url_ok(url: str) -> bool:

@@ -15,7 +15,13 @@ from typing import Any, TextIO
 
 import structlog
 
-_URL_CREDS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s:@]+(?::[^/\s@]*)?@")
+# The userinfo of a URL of any scheme: everything from `scheme://` to the LAST `@` of the
+# token (passwords hold `@`, `/` and `:` unencoded: `postgres://app:pa/ss@db`, an empty user
+# too: `redis://:pass@host`). A token ends at whitespace or a quote. Masking a path's `@`
+# as well (`https://h/a@b`) is the safe side of the trade. Bounded: no quadratic backtracking.
+USERINFO_MAX = 1024
+_URL_CREDS = re.compile(
+    rf"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^\s\"'<>`]{{0,{USERINFO_MAX}}})@")
 _SECRETS: set[str] = set()
 _SECRETS_LOCK = threading.Lock()
 MASK = "***"
@@ -29,7 +35,7 @@ def register_secret(value: str) -> None:
 
 
 def scrub(text: str) -> str:
-    """Blank known secrets and `user:pass@` in URLs."""
+    """Blank known secrets and the userinfo (`user:pass@`) of URLs of any scheme."""
     if not text:
         return text
     with _SECRETS_LOCK:
@@ -37,7 +43,11 @@ def scrub(text: str) -> str:
     for secret in secrets:
         if secret in text:
             text = text.replace(secret, MASK)
-    return _URL_CREDS.sub(lambda m: m.group("scheme") + MASK + "@", text)
+    return _URL_CREDS.sub(_mask_userinfo, text)
+
+
+def _mask_userinfo(m: re.Match[str]) -> str:
+    return m.group("scheme") + MASK + "@"
 
 
 def _scrub_value(value: Any) -> Any:

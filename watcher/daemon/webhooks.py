@@ -3,41 +3,38 @@
 A valid push to the branch calls `on_hint(source)`, nothing else: the daemon coalesces hints
 and reads the revision from git. 202 queued; 200 ignored; 400 malformed; 401 bad or missing
 signature (checked before parsing; always 401 without a secret); 404; 405; 408 body too slow;
-411 no Content-Length; 413 over `max_body`, from the headers alone; 503 over `max_clients`.
+411 no Content-Length; 413 over `max_body`, from the headers alone; 431 a head over 16 KiB or
+64 headers; 503 when no room is left. Sockets are served by one event loop (listener.py): no
+client, however slow, holds another's turn. Rejections are logged at a bounded rate.
 Secrets are read at each request, and never logged, nor are signatures or bodies.
 """
 
 from __future__ import annotations
 
-import contextlib
 import http.client
-import io
 import json
 import re
-import socket
-import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import structlog
 
 from watcher.daemon import forges
+from watcher.daemon.http_head import Head
+from watcher.daemon.listener import Listener, Response
 from watcher.daemon.metrics import CONTENT_TYPE, Metrics
 from watcher.errors import ConfigError, TransientError
 from watcher.log import register_secret
 
 log = structlog.get_logger()
 
-MAX_CLIENTS = 32  # requests in progress; forges send one hook per push, and Nginx buffers
+MAX_CLIENTS = 256  # connections at once; past it the oldest still sending its head is dropped
+BODY_BUDGET = 16 * 1024 * 1024  # body bytes buffered at once, all connections together
 _HOOK_PATHS = {f"/hooks/{forge}": forge for forge in forges.FORGES} | {"/trigger": "trigger"}
 _LENGTH = re.compile(r"[0-9]{1,16}")
 _STATUS = {"queued": 202, "ignored": 200, "malformed": 400, "unauthorized": 401}
 _RESULTS = {202: "queued", 200: "ignored", 401: "unauthorized", 413: "too_large", 500: "error"}
-_BUSY = b'{"status": "busy", "reason": "too many requests in progress"}\n'
-_BUSY_RESPONSE = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n" + (
-    b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_BUSY), _BUSY))
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -48,177 +45,110 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-class _Deadline(io.RawIOBase):
-    """The socket, readable for `timeout` s in all: a byte a second cannot hold a thread."""
+class _Throttle:
+    """At most `limit` lines per `window` s for an event a client can cause at will (401s,
+    dropped clients); the rest are counted and summed up in one line when the next window
+    opens."""
 
-    def __init__(self, sock: socket.socket, timeout: float) -> None:
-        self._sock, self._deadline = sock, time.monotonic() + timeout
+    def __init__(self, limit: int = 20, window: float = 60.0) -> None:
+        self.limit, self.window = limit, window
+        self.opened, self.count, self.suppressed = -window, 0, 0
 
-    def readable(self) -> bool:
+    def allow(self, event: str) -> bool:
+        now = time.monotonic()
+        if now - self.opened >= self.window:
+            if self.suppressed:
+                log.warning("webhook.lines_suppressed", event=event, count=self.suppressed,
+                            window_s=self.window)
+            self.opened, self.count, self.suppressed = now, 0, 0
+        self.count += 1
+        if self.count > self.limit:
+            self.suppressed += 1
+            return False
         return True
 
-    def readinto(self, buffer: Any) -> int:
-        left = self._deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("request not received in time")
-        self._sock.settimeout(left)
-        return self._sock.recv_into(buffer)
 
+class _Routes:
+    """What each request gets: the listener's App (see listener.py)."""
 
-class _HTTPServer(ThreadingHTTPServer):
-    """A thread per request, at most `max_clients` at once."""
-
-    daemon_threads = True
-    request_queue_size = 64
-
-    def __init__(self, address: tuple[str, int], app: WebhookServer, max_clients: int) -> None:
-        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    def __init__(self, app: WebhookServer) -> None:
         self.app = app
-        self._slots, self._busy = threading.BoundedSemaphore(max_clients), False
-        super().__init__(address, _Handler)
+        self.rejects, self.drops = _Throttle(), _Throttle()
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):  # in the accept loop: must not block
-            if not self._busy:  # once per busy spell, not once per refused connection
-                log.warning("webhook.busy", max_clients=self.app.max_clients)
-            self._busy = True
-            with contextlib.suppress(OSError):
-                request.setblocking(False)
-                request.send(_BUSY_RESPONSE)
-                request.recv(65536)  # what already arrived, so close() sends no reset
-            self.shutdown_request(request)
-            return
-        self._busy = False
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.error("webhook.handler_crashed", client=str(client_address[0]), exc_info=True)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _HTTPServer
-    protocol_version = "HTTP/1.1"
-    server_version = "watcher"
-    sys_version = ""
-
-    def setup(self) -> None:
-        super().setup()
-        self.rfile.close()  # the buffered makefile() is replaced by one with a deadline
-        self.rfile = io.BufferedReader(_Deadline(self.connection, self.server.app.client_timeout))
-        self._consumed = False
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Silence http.server's stderr lines; the structlog events below replace them."""
-
-    def handle_expect_100(self) -> bool:
-        return True  # deferred to `_post`: a 413 must go out without inviting the body
-
-    def handle_one_request(self) -> None:
-        self.close_connection = True  # one request per connection: idle clients hold no slot
-        try:
-            self.raw_requestline = self.rfile.readline(65537)  # longer: cut, then 400 or 404
-            if self.raw_requestline and self.parse_request():
-                self._dispatch()
-        except (TimeoutError, ConnectionError) as exc:
-            log.info("webhook.client_gone", client=self.client_address[0], why=type(exc).__name__)
-
-    def _dispatch(self) -> None:
-        path, app = self.path.split("?", 1)[0], self.server.app
-        source = _HOOK_PATHS.get(path)
+    def admit(self, head: Head, client: str) -> Response | int:
+        path = head.path
         if path in ("/healthz", "/metrics"):
-            if self.command != "GET":
-                self._reply(405, {"status": "error", "reason": "method not allowed"}, allow="GET")
-            elif path == "/metrics":
-                self._reply(200, app.metrics.render(), CONTENT_TYPE)
-            else:
-                self._health()
-        elif source is None:
-            self._reply(404, {"status": "error", "reason": "not found"})
-        elif self.command != "POST":
-            self._reply(405, {"status": "error", "reason": "method not allowed"}, allow="POST")
-        else:
-            status, reason = self._post(source)
-            result = _RESULTS.get(status, "malformed")
-            app.metrics.webhook(source, result)
-            event = "webhook." + {202: "accepted", 200: "ignored"}.get(status, "rejected")
-            say = log.info if status < 300 else log.warning
-            say(event, forge=source, reason=reason, status=status, client=self.client_address[0])
-            self._reply(status, {"status": result, "reason": reason})
-        declared = self.headers.get("Content-Length", "0").strip() not in ("", "0")
-        if not self._consumed and (declared or "Transfer-Encoding" in self.headers):
-            self._linger()
-
-    def _post(self, source: str) -> tuple[int, str]:
-        app = self.server.app
-        lengths = self.headers.get_all("Content-Length") or []
-        if "Transfer-Encoding" in self.headers or not lengths:
-            return 411, "length_required"
+            if head.method != "GET":
+                return _json(405, {"status": "error", "reason": "method not allowed"}, "GET")
+            return 0
+        source = _HOOK_PATHS.get(path)
+        if source is None:
+            return _json(404, {"status": "error", "reason": "not found"})
+        if head.method != "POST":
+            return _json(405, {"status": "error", "reason": "method not allowed"}, "POST")
+        lengths = head.get_all("Content-Length")
+        if "Transfer-Encoding" in head or not lengths:
+            return self._verdict(source, 411, "length_required", client)
         if len(set(lengths)) != 1 or not _LENGTH.fullmatch(lengths[0].strip()):
-            return 400, "bad_content_length"
-        if int(lengths[0]) > app.max_body:
-            return 413, "too_large"
-        if self.headers.get("Expect", "").lower() == "100-continue":
-            self.send_response_only(100)
-            self.end_headers()
-        self._consumed = True
-        try:  # exactly the declared length; the reader's deadline bounds the wait
-            body = self.rfile.read(int(lengths[0]))
-        except TimeoutError:
-            return 408, "body_timeout"
-        if len(body) < int(lengths[0]):
-            return 400, "body_shorter_than_content_length"
-        headers = dict(self.headers.items())
-        decision = forges.judge(source, headers, body, app.key_for(source), app.branch)
+            return self._verdict(source, 400, "bad_content_length", client)
+        if int(lengths[0]) > self.app.max_body:
+            return self._verdict(source, 413, "too_large", client)
+        return int(lengths[0])
+
+    def respond(self, head: Head, body: bytes, client: str) -> Response:
+        if head.path == "/metrics":
+            return Response(200, self.app.metrics.render(), CONTENT_TYPE)
+        if head.path == "/healthz":
+            return self._health()
+        source = _HOOK_PATHS[head.path]
+        decision = forges.judge(source, dict(head.headers), body, self.app.key_for(source),
+                                self.app.branch)
         if decision.outcome != "queued":
-            return _STATUS[decision.outcome], decision.reason
+            return self._verdict(source, _STATUS[decision.outcome], decision.reason, client)
         try:
-            app.on_hint(source)
+            self.app.on_hint(source)
         except Exception:
             log.exception("webhook.hint_failed", forge=source)
-            return 500, "internal_error"
-        return 202, "hint queued"
+            return self._verdict(source, 500, "internal_error", client)
+        return self._verdict(source, 202, "hint queued", client)
 
-    def _linger(self) -> None:
-        """Half-close, drop what the client sent (for a second at most) so it reads our answer
-        rather than a reset caused by unread data."""
-        sock, limit, end = self.connection, self.server.app.max_body, time.monotonic() + 1.0
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_WR)
-            sock.settimeout(0.2)
-            while time.monotonic() < end and limit > 0 and (chunk := sock.recv(65536)):
-                limit -= len(chunk)
+    def refuse(self, head: Head | None, status: int, reason: str, client: str) -> Response:
+        source = _HOOK_PATHS.get(head.path) if head is not None else None
+        if source is None:
+            if self.rejects.allow("webhook.rejected"):
+                log.warning("webhook.rejected", reason=reason, status=status, client=client)
+            return _json(status, {"status": "error", "reason": reason})
+        return self._verdict(source, status, reason, client)
 
-    def _health(self) -> None:
+    def gone(self, client: str, why: str) -> None:
+        if self.drops.allow("webhook.client_gone"):
+            log.info("webhook.client_gone", client=client, why=why)
+
+    def busy(self) -> Response:
+        return _json(503, {"status": "busy", "reason": "too many requests in progress"})
+
+    def _verdict(self, source: str, status: int, reason: str, client: str) -> Response:
+        result = _RESULTS.get(status, "malformed")
+        self.app.metrics.webhook(source, result)
+        if status < 300:
+            log.info("webhook." + ("accepted" if status == 202 else "ignored"), forge=source,
+                     reason=reason, status=status, client=client)
+        elif self.rejects.allow("webhook.rejected"):
+            log.warning("webhook.rejected", forge=source, reason=reason, status=status,
+                        client=client)
+        return _json(status, {"status": result, "reason": reason})
+
+    def _health(self) -> Response:
         try:
-            healthy, info = self.server.app.health_provider()
+            healthy, info = self.app.health_provider()
         except Exception:
             log.exception("webhook.health_provider_failed")
             healthy, info = False, {"error": "health provider failed"}
-        self._reply(200 if healthy else 503, info)
+        return _json(200 if healthy else 503, info)
 
-    def _reply(self, status: int, body: dict[str, Any] | bytes,
-               content_type: str = "application/json", allow: str = "") -> None:
-        data = body if isinstance(body, bytes) else json.dumps(body, default=str).encode() + b"\n"
-        self.connection.settimeout(self.server.app.client_timeout)  # not the reader's leftover
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Connection", "close")
-        if allow:
-            self.send_header("Allow", allow)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
+
+def _json(status: int, body: dict[str, Any], allow: str = "") -> Response:
+    return Response(status, json.dumps(body, default=str).encode() + b"\n", allow=allow)
 
 
 class WebhookServer:
@@ -235,8 +165,7 @@ class WebhookServer:
         self.max_body, self.client_timeout, self.max_clients = max_body, client_timeout, max_clients
         self._providers = {"webhook secret": secret_provider, "trigger key": trigger_key_provider}
         self._warned: set[str] = set()
-        self._httpd: _HTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._listener: Listener | None = None
 
     def key_for(self, source: str) -> bytes:
         """The current secret (or trigger key), stripped; empty when none is configured."""
@@ -257,29 +186,30 @@ class WebhookServer:
     def start(self) -> None:
         """Bind `listen` (port 0 picks a free one) and serve in a daemon thread."""
         try:
-            self._httpd = _HTTPServer(parse_listen(self.listen), self, self.max_clients)
+            self._listener = Listener(
+                parse_listen(self.listen), _Routes(self), max_body=self.max_body,
+                client_timeout=self.client_timeout, max_connections=self.max_clients,
+                body_budget=BODY_BUDGET, on_busy=self._on_busy)
         except (ValueError, OSError) as exc:
             raise ConfigError(f"[webhook] listen = {self.listen!r}: {exc}") from exc
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, args=(0.1,), name="watcher-webhooks", daemon=True)
-        self._thread.start()
+        self._listener.start()
         log.info("webhook.listening", host=self.address[0], port=self.address[1])
+
+    def _on_busy(self) -> None:
+        log.warning("webhook.busy", max_clients=self.max_clients)
 
     @property
     def address(self) -> tuple[str, int]:
-        if self._httpd is None:
+        if self._listener is None:
             raise RuntimeError("the webhook server is not started")
-        host, port = self._httpd.server_address[:2]
-        return str(host), int(port)
+        return self._listener.address
 
     def stop(self) -> None:
-        """Stop accepting, close the socket, join the threads; requests in flight end alone."""
-        if self._httpd is None or self._thread is None:
+        """Stop accepting, close every connection and the socket, join the thread."""
+        if self._listener is None:
             return
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
-        self._httpd = self._thread = None
+        self._listener.stop()
+        self._listener = None
 
 
 def send_trigger(listen: str, key: bytes, timeout: float = 5.0) -> int:

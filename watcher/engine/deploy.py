@@ -21,6 +21,7 @@ from watcher.engine.golive import GoLiveFailed, Switcher
 from watcher.engine.journal import Journal, Outcome, Run
 from watcher.engine.plan import Plan, PlanInput, Step, go_live_steps, make_plan, source_steps
 from watcher.engine.recovery import recover
+from watcher.engine.steps import internal_error
 from watcher.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -154,10 +155,11 @@ class Deployer:
             self.journal.last_check(state, "transient", sha)
             raise
         except StepFailed as exc:
-            releases.remove(release)
-            run.migrations = builder.migrations_applied if builder else []
-            state.mark_bad(sha, exc.step, exc.message)
-            return self.journal.close(state, run, "failed", EXIT_FAILED, name, exc)
+            return self._failed(state, run, builder, name, exc)
+        except WatcherError:
+            raise  # a config error (exit 2) met mid-deploy: not the commit's fault
+        except Exception as exc:  # a bug between two steps: the commit's deploy failed
+            return self._failed(state, run, builder, name, _between_steps(run, exc))
         run.migrations = builder.migrations_applied
         try:  # supervisord unreachable: transient (exit 3) before anything is switched
             self.switcher.ensure_reachable()
@@ -165,6 +167,9 @@ class Deployer:
             releases.remove(release)
             self.journal.last_check(state, "transient", sha)
             raise
+        except Exception as exc:  # a bug answering it: nothing switched, the deploy failed
+            return self._failed(state, run, builder, name,
+                                StepFailed("reload", internal_error(exc)))
         colour = live.colour if live else ""
         contract = builder.policy.contract
         old = self.switcher.serving_workers() if contract else frozenset()
@@ -179,6 +184,15 @@ class Deployer:
             migrations=dict(builder.inspection.leaves) if builder.inspection else {}))
         self._after(state, plan.phase("after"), run, contract, old)
         return self.journal.close(state, run, "succeeded", EXIT_OK, name, None)
+
+    def _failed(self, state: State, run: Run, builder: Builder | None, name: str,
+                exc: StepFailed) -> Outcome:
+        """A failure before the switch: the release removed, the commit marked bad, the
+        outcome `failed` recorded and reported; the live release keeps serving."""
+        releases.remove(self.layout.release(name))
+        run.migrations = builder.migrations_applied if builder else []
+        state.mark_bad(run.to_sha, exc.step, exc.message)
+        return self.journal.close(state, run, "failed", EXIT_FAILED, name, exc)
 
     def _source(self, run: Run, sha: str, live: ReleaseRecord | None,
                 release: Path) -> tuple[Plan, str]:
@@ -248,8 +262,11 @@ class Deployer:
                     except WatcherError as exc:
                         log.warning("post_switch.failed", error=str(exc))
             elif step.name == "prune":
-                with run.steps.step("prune", step.reason):
-                    self.prune(state)
+                try:
+                    with run.steps.step("prune", step.reason):
+                        self.prune(state)
+                except WatcherError as exc:  # "keep": the new release stays live
+                    log.warning("prune.failed", error=str(exc))
 
     def _contract(self, state: State, run: Run, step: Step, migrations: list[str],
                   old: procs.Snapshot) -> None:
@@ -295,3 +312,12 @@ class Deployer:
         state.forget_missing(existing)
         venvs.prune(self.layout.venvs,
                     [venvs.linked_hash(self.layout.release(n)) for n in existing])
+
+
+def _between_steps(run: Run, exc: Exception) -> StepFailed:
+    """An exception raised outside any step (making the plan, hashing requirements): the
+    deploy fails at the step it was in, with a report, history and a bad mark."""
+    log.error("deploy.crashed", step=run.steps.current, exc_info=True)
+    failure = StepFailed(run.steps.current, internal_error(exc))
+    failure.__cause__ = exc
+    return failure

@@ -108,10 +108,21 @@ class StepLog:
         except OSError as exc:  # a full disk, an immutable or missing dir: this step failed
             self._end(name, "failed", started, error=str(exc))
             raise StepFailed(name, str(exc)) from exc
+        except Exception as exc:  # a bug, or output no one expected (a KeyError, bad JSON):
+            # this step failed, like any other failure of it (report, history, bad mark)
+            log.error("step.crashed", step=name, exc_info=True)
+            message = internal_error(exc)
+            self._end(name, "failed", started, error=message)
+            raise StepFailed(name, message) from exc
         except BaseException:
             self._end(name, "failed", started, error="interrupted")
             raise
         self._end(name, "ok", started)
+
+    @property
+    def current(self) -> str:
+        """The step last started (for a failure between steps), or "fetch"."""
+        return self.results[-1].name if self.results else "fetch"
 
     def skipped(self, name: str, reason: str) -> None:
         log.info("step.skipped", step=name, reason=reason)
@@ -124,3 +135,8 @@ class StepLog:
             log.info("step.end", step=name, outcome=outcome, duration_s=duration)
         else:
             log.error("step.end", step=name, outcome=outcome, duration_s=duration, error=error)
+
+
+def internal_error(exc: BaseException) -> str:
+    """The message of an unexpected exception, as a step failure reports it."""
+    return f"internal error: {type(exc).__name__}: {exc}"

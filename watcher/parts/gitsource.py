@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import posixpath
 import re
 import tarfile
 import tempfile
@@ -23,6 +24,7 @@ from watcher.errors import GitError, RemoteUnreachable, StepFailed
 from watcher.gates import peeled_tags, pick_tag
 from watcher.kinds import Commit
 from watcher.log import register_secret, scrub
+from watcher.parts import fs
 from watcher.parts.runner import clean_env, run
 
 log = structlog.get_logger()
@@ -128,7 +130,8 @@ class GitSource:
     def fetch(self, *, tags: bool = False) -> None:
         """Fetch the branch (and tags when asked) into the bare mirror, creating it first."""
         if not (self.mirror / "HEAD").exists():
-            self.mirror.mkdir(parents=True, exist_ok=True)
+            self.mirror.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.mirror.chmod(0o700)  # the private history: the deploy user's alone
             self._git("init", "--bare", "--quiet", str(self.mirror), step="fetch")
         refspecs = [f"+refs/heads/{self.cfg.branch}:{TRACKING}{self.cfg.branch}"]
         if tags:
@@ -172,17 +175,23 @@ class GitSource:
         return res.ok
 
     def export(self, sha: str, dest: Path) -> None:
-        """Write the tree of `sha` into `dest` (no .git inside) and a REVISION file."""
+        """Write the tree of `sha` into `dest` (no .git inside) and a REVISION file.
+
+        Extraction uses tarfile's `data` filter (explicit checks on a Python without it): a
+        committed symlink that points outside the release, absolute or climbing out with
+        `..`, fails this step, and nothing is written outside `dest`. REVISION is written
+        without following a link the commit may have put under that name.
+        """
         dest.mkdir(parents=True)
         with tempfile.NamedTemporaryFile(dir=dest.parent, prefix=".export-", suffix=".tar") as tmp:
             self._git("-C", str(self.mirror), "archive", "--format=tar", sha,
                       step="export", stdout_path=Path(tmp.name))
-            with tarfile.open(tmp.name) as tar:
-                if hasattr(tarfile, "tar_filter"):
-                    tar.extractall(dest, filter="tar")
-                else:  # pragma: no cover - Python without extraction filters
-                    tar.extractall(dest)  # noqa: S202 - our own git archive output
-        (dest / "REVISION").write_text(sha + "\n", encoding="ascii")
+            try:
+                with tarfile.open(tmp.name) as tar:
+                    extract(tar, dest)
+            except (tarfile.TarError, ValueError) as exc:
+                raise StepFailed("export", f"commit {sha[:12]} cannot be exported: {exc}") from None
+        fs.write_new(dest / "REVISION", (sha + "\n").encode("ascii"))
 
     def changed_paths(self, old: str, new: str) -> frozenset[str] | None:
         """Paths changed between two commits; None when the old one is unknown here."""
@@ -205,6 +214,38 @@ class GitSource:
         except Exception as exc:  # GitPython errors included: the report loses a list, no more
             log.warning("git.commits_unreadable", error=type(exc).__name__)
             return []
+
+
+def extract(tar: tarfile.TarFile, dest: Path) -> None:
+    """Extract with the `data` filter, or after `check_members` where Python lacks it."""
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(dest, filter="data")
+        return
+    members = tar.getmembers()  # pragma: no cover - Python without extraction filters
+    check_members(members)  # pragma: no cover
+    tar.extractall(dest, members)  # noqa: S202 - checked just above  # pragma: no cover
+
+
+def check_members(members: list[tarfile.TarInfo]) -> None:
+    """What the `data` filter refuses, checked by hand: absolute names or `..`, a path
+    through an earlier symlink, a link pointing outside, anything but files, dirs, links."""
+    links: set[str] = set()
+    for m in members:
+        name = posixpath.normpath(m.name)
+        if posixpath.isabs(m.name) or name == ".." or name.startswith("../"):
+            raise ValueError(f"{m.name!r} is outside the release")
+        parts = name.split("/")
+        if any("/".join(parts[:i]) in links for i in range(1, len(parts))):
+            raise ValueError(f"{m.name!r} goes through a symlink")
+        if m.issym() or m.islnk():
+            base = posixpath.dirname(name) if m.issym() else ""
+            target = posixpath.normpath(posixpath.join(base, m.linkname))
+            if posixpath.isabs(m.linkname) or target == ".." or target.startswith("../"):
+                raise ValueError(f"{m.name!r} would link to {m.linkname!r}, which is outside "
+                                 "the release")
+            links.add(name)
+        elif not (m.isfile() or m.isdir()):
+            raise ValueError(f"{m.name!r} is not a file, directory or link")
 
 
 @contextlib.contextmanager

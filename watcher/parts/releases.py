@@ -12,7 +12,7 @@ from pathlib import Path
 import structlog
 
 from watcher.errors import StepFailed
-from watcher.parts.fs import discard, fsync_dir, remove
+from watcher.parts.fs import discard, fsync_dir, remove, symlink_above
 
 __all__ = ["Layout", "discard", "hardlink_tree", "link_shared", "prune", "release_name",
            "remove", "switch"]
@@ -33,10 +33,16 @@ class Layout:
         self.state_dir = root / ".watcher"
 
     def prepare(self) -> None:
+        """Create the tree. `repo/` (the private history) and `.watcher/` are the deploy
+        user's alone, 0700, tightened on every start; releases/, venvs/ and shared/ are made
+        0755 when created, so the app's user and Nginx can read what they serve."""
         for d in (self.releases, self.venvs, self.shared):
-            d.mkdir(parents=True, exist_ok=True)
-        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self.state_dir, 0o700)
+            if not d.is_dir():
+                d.mkdir(parents=True, exist_ok=True)
+                os.chmod(d, 0o755)  # noqa: S103 - Nginx and the app user read releases
+        for d in (self.repo, self.state_dir):
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(d, 0o700)
 
     def release(self, name: str) -> Path:
         return self.releases / name
@@ -78,27 +84,36 @@ def link_shared(layout: Layout, release: Path, paths: Iterable[str]) -> None:
     A path missing from shared/ is seeded from the release when the release has it; a
     missing name without a suffix (media, data) becomes an empty directory; a missing file
     (.env) is an error, so a release never starts without its settings.
+
+    A symlink from the commit is never followed: one at the shared path itself is replaced
+    by the link into shared/ (and seeds nothing); one on the way to it (`var` for
+    `var/media`) fails the step, since following it could reach shared/ or any directory.
     """
     for rel in paths:
         target = layout.shared / rel
         inside = release / rel
+        above = symlink_above(release, rel)
+        if above is not None:
+            what = "a symlink" if (release / above).is_symlink() else "not a directory"
+            raise StepFailed("shared", f"build.shared path {rel!r}: {above!r} in the commit is "
+                                       f"{what}; watcher does not follow it")
+        planted = inside.is_symlink()
         if not target.exists():
-            if inside.exists() and not inside.is_symlink():
+            if inside.exists() and not planted:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 if inside.is_dir():
                     shutil.copytree(inside, target, symlinks=True)
                 else:
-                    shutil.copy2(inside, target)
+                    shutil.copy2(inside, target, follow_symlinks=False)
                 log.info("shared.seeded", path=rel)
             elif not Path(rel).suffix and not rel.startswith("."):
                 target.mkdir(parents=True)
                 log.info("shared.created", path=rel)
             else:
                 raise StepFailed("shared", f"shared/{rel} does not exist; create it first")
-        if inside.is_symlink() or inside.is_file():
-            inside.unlink()
-        elif inside.is_dir():
-            shutil.rmtree(inside)
+        if planted:
+            log.warning("shared.commit_symlink_replaced", path=rel)
+        remove(inside)
         inside.parent.mkdir(parents=True, exist_ok=True)
         os.symlink(target, inside)
 

@@ -3,7 +3,6 @@ scrubbed before anything is logged or reported. Long steps log a progress line n
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import contextvars
 import os
@@ -23,6 +22,9 @@ from watcher.log import scrub
 
 TAIL_LINES = 60
 TAIL_CHARS = 4000
+TAIL_BYTES = 64 * 1024  # of output kept while a step runs; the report gets the last TAIL_CHARS
+CHUNK = 64 * 1024
+DRAIN_S = 0.25  # output still read after the step ended (what the killed group had written)
 PROGRESS_EVERY = 10.0
 
 log = structlog.get_logger()
@@ -115,13 +117,19 @@ def run(
 ) -> Result:
     """Run argv; raise StepFailed on a non-zero exit or a timeout when `check`.
 
-    The child runs in its own session so a timeout kills its whole group (pip's builds,
-    manage.py's threads) and nothing is left behind. With `stdout_path`, stdout goes to that
-    file and only stderr is kept as output.
+    The child runs in its own session and process group. The step ends when the child exits
+    or the timeout passes, whichever comes first; then whatever is left of its group
+    (`sh -c 'sleep 20 &'`, pip's builds, manage.py's threads) is killed, and the output is
+    read for at most `DRAIN_S` more: a grandchild holding the pipe cannot stretch the step.
+    Limit: a descendant that calls `setsid` (a daemonizing program) leaves the group and
+    is not killed; its output past the step's end is dropped, and it runs on.
+
+    The output is read in chunks of `CHUNK` bytes into a buffer that keeps only the last
+    `TAIL_BYTES`: a single line of 100 MB costs no more memory than a short one.
+    With `stdout_path`, stdout goes to that file and only stderr is kept as output.
     """
     argv = tuple(str(a) for a in argv)
     started = time.monotonic()
-    lines: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
     out_file = stdout_path.open("wb") if stdout_path else None
     try:
         proc = subprocess.Popen(
@@ -141,52 +149,91 @@ def run(
     stream = proc.stderr if out_file else proc.stdout
     if stream is None:  # pragma: no cover - Popen always gives a pipe here
         raise RuntimeError("no output pipe")
-    reader = threading.Thread(target=_read_lines, args=(stream, lines), daemon=True)
-    reader.start()
-    timed_out = False
-    deadline = started + timeout
-    next_progress = started + PROGRESS_EVERY
+    os.set_blocking(stream.fileno(), False)
+    output = _Tail()
     exited = _ExitWaiter(proc)
     try:
-        while True:
-            now = time.monotonic()
-            try:
-                exited(max(0.0, min(deadline, next_progress, now + CANCEL_POLL) - now))
-                break
-            except subprocess.TimeoutExpired:
-                now = time.monotonic()
-                if CANCEL.is_set():
-                    _kill_group(proc)
-                    raise Interrupted(f"{step}: stopped by shutdown") from None
-                if now >= deadline:
-                    timed_out = True
-                    _kill_group(proc)
-                    break
-                if now < next_progress:
-                    continue
-                last = scrub(lines[-1]) if lines else ""
-                log.info("step.progress", step=step, elapsed_s=round(now - started, 1), last=last)
-                next_progress = now + PROGRESS_EVERY
+        timed_out = _watch(proc, exited, stream.fileno(), output, step, started + timeout)
     finally:
         exited.close()
-        if proc.poll() is None:  # an exception (KeyboardInterrupt) while waiting
-            _kill_group(proc)
+        _kill_group(proc)  # the leftovers of the group die with the step, whatever ended it
         if marker is not None:
             marker.unlink(missing_ok=True)
-        reader.join(timeout=5)
-        stream.close()
+        output.drain(stream.fileno(), time.monotonic() + DRAIN_S)
+        stream.close()  # no other thread reads it: closing never waits for a writer
         if out_file:
             out_file.close()
     result = Result(
         argv=argv,
         returncode=proc.returncode,
-        output=scrub(tail("\n".join(lines))),
+        output=scrub(tail(output.text())),
         duration_s=time.monotonic() - started,
         timed_out=timed_out,
     )
     if check and not result.ok:
         raise failure(step, result, timeout)
     return result
+
+
+def _watch(proc: subprocess.Popen[bytes], exited: _ExitWaiter, fd: int, output: _Tail,
+           step: str, deadline: float) -> bool:
+    """Read output until the child exits (False) or the deadline passes (True); a shutdown
+    request raises Interrupted. Logs a progress line every PROGRESS_EVERY seconds."""
+    started = time.monotonic()
+    next_progress = started + PROGRESS_EVERY
+    reading = True
+    while True:
+        now = time.monotonic()
+        wait = max(0.0, min(deadline, next_progress, now + CANCEL_POLL) - now)
+        if exited.wait(fd if reading else None, wait):
+            return False
+        if reading:
+            reading = output.read(fd)
+        now = time.monotonic()
+        if CANCEL.is_set():
+            raise Interrupted(f"{step}: stopped by shutdown")
+        if now >= deadline:
+            return True
+        if now >= next_progress:
+            log.info("step.progress", step=step, elapsed_s=round(now - started, 1),
+                     last=scrub(output.last_line()))
+            next_progress = now + PROGRESS_EVERY
+
+
+class _Tail:
+    """The last TAIL_BYTES of a child's output, read without blocking."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def read(self, fd: int) -> bool:
+        """Take what is ready; False at end of file."""
+        for _ in range(16):  # at most 16 chunks at a time, then the clock is looked at again
+            try:
+                chunk = os.read(fd, CHUNK)
+            except BlockingIOError:
+                return True
+            except OSError:
+                return False
+            if not chunk:
+                return False
+            self.buf += chunk
+            if len(self.buf) > 2 * TAIL_BYTES:
+                del self.buf[:-TAIL_BYTES]
+        return True
+
+    def drain(self, fd: int, until: float) -> None:
+        """What the group wrote before it died; never past `until`."""
+        while (left := until - time.monotonic()) > 0:
+            if not _ready([fd], left) or not self.read(fd):
+                return
+
+    def text(self) -> str:
+        return bytes(self.buf[-TAIL_BYTES:]).decode("utf-8", "replace")
+
+    def last_line(self) -> str:
+        lines = bytes(self.buf[-TAIL_CHARS:]).decode("utf-8", "replace").splitlines()
+        return lines[-1] if lines else ""
 
 
 def failure(step: str, result: Result, timeout: float) -> StepFailed:
@@ -199,10 +246,12 @@ def failure(step: str, result: Result, timeout: float) -> StepFailed:
 
 
 class _ExitWaiter:
-    """A wait(timeout) that wakes the moment the child exits.
+    """Waits for the child's exit and its output at once, waking the moment it exits.
 
     `Popen.wait(timeout)` polls with sleeps of up to 50 ms, which adds that much to every
     git and manage.py call of a deploy; a pidfd (Linux 5.3+) becomes readable at the exit.
+    The child is left unreaped (a zombie) until `_kill_group`, so its pid, which names its
+    process group, cannot be reused before the group is killed.
     """
 
     def __init__(self, proc: subprocess.Popen[bytes]) -> None:
@@ -212,14 +261,12 @@ class _ExitWaiter:
         except (AttributeError, OSError):  # pragma: no cover - older kernels, other systems
             self.pidfd = None
 
-    def __call__(self, timeout: float) -> None:
+    def wait(self, fd: int | None, timeout: float) -> bool:
+        """True once the child has exited; else returns when `fd` is readable or later."""
         if self.pidfd is None:  # pragma: no cover
-            self.proc.wait(timeout=timeout)
-            return
-        ready, _, _ = select.select([self.pidfd], [], [], timeout)
-        if not ready:
-            raise subprocess.TimeoutExpired(self.proc.args, timeout)
-        self.proc.wait()
+            _ready([fd] if fd is not None else [], min(timeout, 0.05))
+            return self.proc.poll() is not None
+        return self.pidfd in _ready([self.pidfd] if fd is None else [self.pidfd, fd], timeout)
 
     def close(self) -> None:
         if self.pidfd is not None:
@@ -227,13 +274,19 @@ class _ExitWaiter:
             self.pidfd = None
 
 
-def _read_lines(stream: object, lines: collections.deque[str]) -> None:
-    for raw in iter(stream.readline, b""):  # type: ignore[attr-defined]
-        lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
+def _ready(fds: list[int], timeout: float) -> set[int]:
+    """The fds readable (or closed) within `timeout` s; poll, not select: fds over 1023 too."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    if not fds:
+        time.sleep(timeout)
+        return set()
+    return {fd for fd, _ in poller.poll(timeout * 1000)}
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
 

@@ -1,0 +1,145 @@
+"""Whatever goes wrong inside a deploy is a failed step: a report, a history entry and a
+bad mark, never a crash; and a hint replayed in a loop costs one ls-remote per check at a
+bounded rate, not a deploy per hint. Real site, real `watcher --once` and `watcher run`."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+from support.daemon import CHECK_EVENTS, DaemonProcess, post_github_push
+from support.site import Site, git
+from support.supervisord import free_port
+
+from watcher.daemon.loop import Hints
+
+SECRET = "canary-replay-secret-31c9"
+SETTINGS = "mysite/settings.py"
+
+
+class Box:
+    def __init__(self, site: Site, port: int) -> None:
+        self.site, self.port = site, port
+        self.settings = site.read(SETTINGS)
+
+
+@pytest.fixture(scope="module")
+def box(site_factory: Callable[..., Site], tmp_path_factory: pytest.TempPathFactory) -> Box:
+    secret = tmp_path_factory.mktemp("secret") / "webhook.secret"
+    secret.write_text(SECRET + "\n")
+    port = free_port()
+    site = site_factory(extra_config=(
+        f'[webhook]\nlisten = "127.0.0.1:{port}"\nsecret_file = "{secret}"\n'))
+    first = site.watcher("--once")
+    assert first.returncode == 0, first.stderr[-3000:]
+    return Box(site, port)
+
+
+def planted_marker(line: str) -> str:
+    """Settings that print `line` as Django exits: the inspection reads the last marker."""
+    return f"\nimport atexit as _atexit\n_atexit.register(print, {line!r})\n"
+
+
+def reported(box: Box, sha: str, outcome: str) -> bool:
+    return any(sha in r.body.decode(errors="replace") and f'"{outcome}"' in
+               r.body.decode(errors="replace") for r in box.site.api.requests)
+
+
+@pytest.mark.parametrize(("fault", "error"), [
+    ("key", "KeyError"),
+    ("json", "JSONDecodeError"),
+    ("tar", "escape"),
+])
+def test_an_unexpected_error_is_a_failed_step_with_report_history_and_bad_mark(
+        box: Box, fault: str, error: str) -> None:
+    """Inspection output without the expected keys (KeyError), not JSON (JSONDecodeError),
+    or an archive the extraction refuses: exit 1, a failed step in the report and in the
+    history, the commit marked bad, the live release serving (it was `watcher.crashed`)."""
+    site = box.site
+    live = site.live_release()
+    if fault == "tar":
+        os.symlink("/etc", site.work / "escape")
+        sha = site.commit({"pages/marker.py": "T = 1\n"}, "A link out of the release")
+        git("rm", "-q", "escape", cwd=site.work)
+    else:
+        line = "WATCHER-INSPECT {}" if fault == "key" else "WATCHER-INSPECT {not json"
+        sha = site.commit({SETTINGS: box.settings + planted_marker(line)}, f"Marker {fault}")
+    result = site.watcher("--once")
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "watcher.crashed" not in result.stdout + result.stderr
+    state = site.state()
+    step = "export" if fault == "tar" else "check"
+    assert state["bad"][sha]["step"] == step
+    entry = state["history"][-1]
+    assert (entry["to_sha"], entry["outcome"]) == (sha, "failed")
+    assert error in entry["error"]["message"]
+    assert reported(box, sha, "failed")
+    assert site.live_release() == live
+    site.commit({SETTINGS: box.settings}, "Put the settings back")
+
+
+def test_a_replayed_hook_deploys_once_and_checks_at_a_bounded_rate(box: Box) -> None:
+    """Under `watcher run`, a signed hook replayed 98 times in 5 s for a commit that fails:
+    one deploy attempt (it was 99), and the checks that follow are few, each only an
+    ls-remote (no step runs) noting the commit as known bad."""
+    site = box.site
+    bad = site.commit({SETTINGS: box.settings + planted_marker("WATCHER-INSPECT {}")},
+                      "Marker again")
+    with DaemonProcess(site, git_interval="60s") as d:  # type: ignore[arg-type]
+        d.wait_for("deploy.finished", timeout=60)
+        started = time.monotonic()
+        statuses = []
+        while time.monotonic() - started < 5.0 and len(statuses) < 98:
+            statuses.append(post_github_push(box.port, SECRET, bad))
+            time.sleep(0.04)
+        assert statuses.count(202) >= 90
+        time.sleep(6.0)  # a held-back hint wakes the loop once, at the end of its gap
+        assert len(d.named("deploy.start")) == 1
+        known_bad = d.named("check.known_bad")
+        assert 1 <= len(known_bad) <= 3, len(known_bad)
+        after = [e for e in d.events() if e["event"] in CHECK_EVENTS | {"step.start"}]
+        first_known = after.index(known_bad[0])
+        assert all(e["event"] == "check.known_bad" for e in after[first_known:])
+        assert d.stop() == 0
+    site.commit({SETTINGS: box.settings}, "Put the settings back")
+
+
+def test_hints_are_rate_limited_per_source_and_never_lost() -> None:
+    """98 hints from one source in 0.5 s wake a busy loop at most once per gap, the last
+    one still wakes it after the gap; another source and a shutdown are not held back."""
+    hints = Hints(gap=0.2)
+    wakes: list[float] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            if hints.wait(0.05):
+                wakes.append(time.monotonic())
+                time.sleep(0.01)  # a quick check
+
+    consumer = threading.Thread(target=loop)
+    consumer.start()
+    try:
+        for _ in range(98):
+            hints.hint("github")
+            time.sleep(0.005)
+        last_hint = time.monotonic()
+        deadline = last_hint + 3.0
+        while not (wakes and wakes[-1] > last_hint) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert wakes and wakes[-1] > last_hint  # the held-back hint was not lost
+        gaps = [b - a for a, b in itertools.pairwise(wakes)]
+        assert len(wakes) > 1 and min(gaps) >= 0.2 - 0.05, gaps  # once per gap at most
+        before = len(wakes)
+        hints.hint("gitlab")
+        while len(wakes) == before and time.monotonic() < deadline + 3.0:
+            time.sleep(0.01)
+        assert len(wakes) > before
+    finally:
+        stop.set()
+        consumer.join()
+
