@@ -15,6 +15,9 @@ command -v cc >/dev/null || need+=(build-essential)
 pkg-config --exists libmariadb 2>/dev/null || need+=(libmariadb-dev)
 command -v openssl >/dev/null || need+=(openssl)  # self-signed cert for the STARTTLS test
 command -v wrk >/dev/null || need+=(wrk)  # load generator for `make bench`
+command -v gpg >/dev/null || need+=(gnupg)  # signed-commit tests: real gpg keys
+command -v ssh-keygen >/dev/null || need+=(openssh-client)  # ssh-signed commits
+command -v setpriv >/dev/null || need+=(util-linux)  # fleet: migrate dies with its watcher
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" != 0 ]; then
   echo "missing Debian packages: ${need[*]} (run as root, or install them)" >&2

@@ -379,9 +379,9 @@ def _check_values(cfg: Config) -> None:
     for rel in cfg.build.shared:
         rules.release_path(f"{p}: build.shared", rel, shared=True)
     if cfg.health.url:
-        rules.web_url(f"{p}: health.url", cfg.health.url)
+        rules.web_url(f"{p}: health.url", cfg.health.url, credentials=True)
     for url in cfg.bluegreen.health_urls if cfg.bluegreen else ():
-        rules.web_url(f"{p}: bluegreen.health_urls", url)
+        rules.web_url(f"{p}: bluegreen.health_urls", url, credentials=True)
     if cfg.report.url:
         rules.web_url(f"{p}: report.url", cfg.report.url)
     rules.listen(f"{p}: webhook.listen", cfg.webhook.listen)

@@ -33,13 +33,14 @@ def duration(where: str, seconds: float) -> None:
         raise ConfigError(f"{where} must be at most 7 days ({MAX_DURATION:g}s), got {seconds:g}s")
 
 
-def web_url(where: str, value: str) -> SplitResult:
-    """An http(s) URL with a host and no credentials (health, blue/green, report)."""
+def web_url(where: str, value: str, *, credentials: bool = False) -> SplitResult:
+    """An http(s) URL with a host; with `credentials`, user:password@ may be in it (a health
+    endpoint behind basic auth: the password is blanked wherever the URL is logged)."""
     parts = _split(where, value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"{where} must be an http:// or https:// URL with a host, "
                           f"got {scrub(value)!r}")
-    if parts.username is not None or parts.password is not None:
+    if not credentials and (parts.username is not None or parts.password is not None):
         raise ConfigError(f"{where} must not carry credentials (user:password@)")
     return parts
 
