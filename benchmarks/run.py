@@ -18,6 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import daemon_bench
+import exposure
 import wrkload
 from daemon_bench import median
 from sandbox import Sandbox, free_port
@@ -91,6 +92,8 @@ def measure(sb: Sandbox) -> tuple[list[list[str]], list[str]]:
     hook = daemon_bench.webhook_to_serving(sb, nx_w.url, hooks)
     print("d/e: 1,000 daemon checks", flush=True)
     checks = daemon_bench.checks(sb, free_port())
+    print("f: broken releases under load", flush=True)
+    exposed = exposure.rows(sb.bg, nx_w.url)
 
     def fails(r: wrkload.WrkResult) -> str:
         return f"{r.failed} of {r.requests}"
@@ -127,6 +130,7 @@ def measure(sb: Sandbox) -> tuple[list[list[str]], list[str]]:
          f"{checks['wall_ms_per_check']:.0f} ms wall per check", "-"],
         ["e", f"daemon RSS after {int(checks['checks'])} checks", f"{checks['rss_mb']:.1f} MB",
          "n/a", f"{checks['rss_warm_mb']:.1f} MB after 50", "≤ 60 MB"],
+        *exposed,
     ]
     notes.append(f"deploy wall times (s), watcher code-only {_list(code_w)}, baseline "
                  f"{_list(code_b)}; watcher requirements {_list(req_w)}, baseline {_list(req_b)}")

@@ -108,14 +108,18 @@ def test_rollback_reverses_the_swap(bg: BlueGreenSite) -> None:
 def test_unhealthy_idle_colour_rolls_back_with_the_old_colour_serving(
         bg: BlueGreenSite) -> None:
     """When green fails its health check it is stopped, blue (never touched) keeps serving
-    the old release, and the deploy is rolled_back with exit code 1."""
+    the old release, and the deploy is rolled_back with exit code 1; health.failures 5xx
+    in a row end green's check without waiting for health.timeout."""
     bg.set_reload("bluegreen")  # swap on every deploy: no venv build needed here
     views = bg.site.read("pages/views.py")
     assert HEALTHZ in views
     live = bg.site.live_release()
     blue_pid, old_sha = bg.program("blue")["pid"], bg.served("blue")
-    broken = views.replace(HEALTHZ, 'return HttpResponse("broken\\n", status=503)')
-    bg.site.commit({"pages/views.py": broken}, "Break the health check")
+    # Broken only when Gunicorn serves it: the smoke requests before the switch pass.
+    broken = views.replace(HEALTHZ, (
+        'if request.META.get("SERVER_SOFTWARE", "").startswith("gunicorn"):\n'
+        '        return HttpResponse("broken\\n", status=503)\n    ') + HEALTHZ)
+    bg.site.commit({"pages/views.py": broken}, "Break the health check under Gunicorn")
     res = once(bg)
     assert res.returncode == 1, tail(res)
     assert bg.site.state()["history"][-1]["outcome"] == "rolled_back"
@@ -125,6 +129,7 @@ def test_unhealthy_idle_colour_rolls_back_with_the_old_colour_serving(
     assert bg.site.live_release() == live
     assert bg.recorded_colour() == "blue"
     assert "bluegreen.kept" in [e.get("event") for e in log_events(res.stderr)]
+    assert "failed 3 times in a row" in bg.site.state()["history"][-1]["error"]["message"]
     bg.site.commit({"pages/views.py": views}, "Fix the health check")
     bg.set_reload("auto")
     assert once(bg).returncode == 0

@@ -48,7 +48,7 @@ DESIGN_KEYS: dict[str, set[str]] = {
     "supervisor": {"url", "username", "password_file", "programs", "reload",
                    "workers"},
     "bluegreen": {"programs", "health_urls"},
-    "health": {"url", "expect_revision", "timeout"},
+    "health": {"url", "expect_revision", "timeout", "smoke_paths", "failures"},
     "report": {"url", "token_file", "format"},
     "webhook": {"listen", "secret_file"},
     "notify.email": {"smtp_url", "api_url", "username", "password_file", "sender", "to", "on"},

@@ -36,6 +36,8 @@ Expected outcomes (exit code in brackets) and how each fault is caused; all real
 | collectstatic-hang | failed [1]      | the same post_process sleeps 30s; django.timeout 3s      |
 | pre_switch-exit    | failed [1]      | hook `["false"]`                                         |
 | pre_switch-hang    | failed [1]      | hook `["sleep", "30"]`; hooks.timeout 2s                 |
+| smoke-exit         | failed [1]      | /healthz answers 500 in the new release (any server)     |
+| smoke-hang         | failed [1]      | /healthz sleeps 30s in the new release; django.timeout 8s|
 | reload-exit        | rolled_back [1] | new requirements (stop+start) and a gunicorn.conf.py     |
 |                    |                 | that raises: the program goes to BACKOFF                 |
 | reload-hang        | rolled_back [1] | reload = "restart"; supervisord SIGSTOPped as watcher    |
@@ -43,8 +45,9 @@ Expected outcomes (exit code in brackets) and how each fault is caused; all real
 |                    |                 | the reload step has failed                               |
 | reload-down        | transient [3]   | supervisord SIGKILLed before the run (Gunicorn, orphaned,|
 |                    |                 | keeps serving): nothing switched, nothing marked bad     |
-| health-exit        | rolled_back [1] | /healthz answers 500 in the new release; health 3s       |
-| health-hang        | rolled_back [1] | /healthz sleeps 30s in the new release; health 3s        |
+| health-exit        | rolled_back [1] | /healthz answers 500 when Gunicorn serves it (the smoke  |
+|                    |                 | requests, through Django's test client, pass); health 3s |
+| health-hang        | rolled_back [1] | /healthz sleeps 30s when Gunicorn serves it; health 3s   |
 | post_switch-exit   | succeeded [0]   | hook `["false"]`                                         |
 | post_switch-hang   | succeeded [0]   | hook `["sleep", "30"]`; hooks.timeout 2s                 |
 | report-exit        | succeeded [0]   | the logging API refuses connections: report spooled      |
@@ -128,6 +131,7 @@ CELLS = [Cell(step, fault) for step, fault in [
     ("migrate", "exit"), ("migrate", "hang"),
     ("collectstatic", "exit"), ("collectstatic", "hang"),
     ("pre_switch", "exit"), ("pre_switch", "hang"),
+    ("smoke", "exit"), ("smoke", "hang"),
     ("reload", "exit"), ("reload", "hang"), ("reload", "down"),
     ("health", "exit"), ("health", "hang"),
     ("post_switch", "exit"), ("post_switch", "hang"),
@@ -299,12 +303,23 @@ def fault_reload(b: Bench, fault: str) -> str:
     return b.commit_fault({}, "A code change while supervisord hangs")
 
 
-def fault_health(b: Bench, fault: str) -> str:
-    b.configure({"health": {"timeout": '"3s"'}})
+def fault_smoke(b: Bench, fault: str) -> str:
     body = ('    return HttpResponse("broken\\n", status=500)' if fault == "exit" else
             '    import time\n    time.sleep(30)\n    return HttpResponse("late\\n")')
+    if fault == "hang":
+        b.configure({"django": {"timeout": '"8s"'}})
     return b.commit_fault({"pages/views.py": _views_with_healthz(body)},
-                          "A health check that fails")
+                          "A health view that fails wherever it is served")
+
+
+def fault_health(b: Bench, fault: str) -> str:
+    b.configure({"health": {"timeout": '"3s"'}})
+    body = ('        return HttpResponse("broken\\n", status=500)' if fault == "exit" else
+            '        import time\n        time.sleep(30)')
+    return b.commit_fault({"pages/views.py": _views_with_healthz(
+        '    if request.META.get("SERVER_SOFTWARE", "").startswith("gunicorn"):\n' + body
+        + '\n    return HttpResponse(f"ok {revision()}\\n")')},
+        "A health check that fails only when Gunicorn serves it")
 
 
 def fault_report(b: Bench, fault: str) -> str:
@@ -327,6 +342,7 @@ FAULTS: dict[str, Callable[[Bench, str], str]] = {
     "resolve": fault_resolve, "fetch": fault_fetch, "export": fault_export, "shared": fault_shared,
     "venv": fault_venv, "check": fault_check, "migrate": fault_migrate,
     "collectstatic": fault_collectstatic, "reload": fault_reload, "health": fault_health,
+    "smoke": fault_smoke,
     "report": fault_report,
     "pre_switch": lambda b, f: fault_hook(b, f, "pre_switch"),
     "post_switch": lambda b, f: fault_hook(b, f, "post_switch"),

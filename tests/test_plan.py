@@ -50,7 +50,14 @@ BLUEGREEN = {"programs": ["mysite_blue", "mysite_green"],
 CASES: list[tuple[str, PlanInput, dict[str, dict[str, Any]], dict[str, str | None]]] = [
     ("first deploy", first(), {},
      {"venv": "build", "migrate": "auto", "collectstatic": "run", "reload": "restart",
-      "health": "run", "shared": None, "pre_switch": None, "contract_migrate": None}),
+      "health": "run", "shared": None, "pre_switch": None, "contract_migrate": None,
+      "smoke": "run"}),
+    ("smoke requests need a health URL", code_only(), {"health": {"url": ""}},
+     {"smoke": None, "health": None}),
+    ("smoke requests with blue/green only", code_only(),
+     {"health": {"url": ""}, "bluegreen": {"programs": ["b", "g"],
+                                           "health_urls": ["http://x/h", "http://y/h"]}},
+     {"smoke": "run", "health": "run"}),
     ("code only", code_only(), {},
      {"venv": "reuse", "migrate": "auto", "collectstatic": "carry", "reload": "hup",
       "contract_migrate": "auto"}),
@@ -114,19 +121,19 @@ def test_first_deploy_step_order() -> None:
     """A first deploy runs the gate, Django steps, switch, reload, health and prune in order."""
     plan = make_plan(first(), config())
     assert plan.names == ("fetch", "export", "venv", "check", "migrate", "collectstatic",
-                          "switch", "reload", "health", "prune")
+                          "smoke", "switch", "reload", "health", "prune")
 
 
 def test_every_step_in_order_with_everything_configured() -> None:
-    """Shared links come first, pre_switch hooks just before the switch, post_switch hooks
-    after the health check and pruning last."""
+    """Shared links come first, pre_switch hooks and then the smoke requests just before the
+    switch, post_switch hooks after the health check and pruning last."""
     plan = make_plan(code_only(), config(
         build={"shared": ["data"]},
         hooks={"pre_switch": [["true"]], "post_switch": [["true"]]},
     ))
     assert plan.names == ("fetch", "export", "shared", "venv", "check", "migrate",
-                          "collectstatic", "pre_switch", "switch", "reload", "health",
-                          "contract_migrate", "post_switch", "prune")
+                          "collectstatic", "pre_switch", "smoke", "switch", "reload",
+                          "health", "contract_migrate", "post_switch", "prune")
 
 
 def test_plan_reasons_name_the_changed_path() -> None:

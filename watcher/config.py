@@ -359,6 +359,7 @@ def _check(cfg: Config) -> None:
     if not cfg.build.requirements:
         raise ConfigError(f"{p}: build.requirements must name at least one file")
     _check_control(cfg)
+    _check_health(cfg)
     if cfg.email is not None and (cfg.email.smtp_url or cfg.email.api_url):
         check_email(cfg.email, str(p))
     if cfg.forge is not None:
@@ -483,6 +484,22 @@ def _check_control(cfg: Config) -> None:
             Schedule.parse((window,), cfg.schedule.timezone)
         except ValueError as exc:
             raise ConfigError(f"{p}: schedule.windows: {exc}") from None
+
+
+def _check_health(cfg: Config) -> None:
+    """health.failures and health.smoke_paths (steps 12 and 9a)."""
+    p, health = cfg.path, cfg.health
+    if health.failures < 1:
+        raise ConfigError(f"{p}: health.failures must be at least 1")
+    if health.smoke_paths and not health.url and cfg.bluegreen is None:
+        raise ConfigError(f"{p}: health.smoke_paths needs health.url (or [bluegreen]): its "
+                          "path and Host header")
+    for path in health.smoke_paths:
+        if not path.startswith("/") or path.startswith("//"):
+            raise ConfigError(f"{p}: health.smoke_paths: {path!r} must be a path starting "
+                              "with / (no scheme or host: the health URL's host is used)")
+    if health.url and urlsplit(health.url).scheme not in ("http", "https"):
+        raise ConfigError(f"{p}: health.url must start with http:// or https://")
 
 
 def read_secret(path: str, key: str) -> str:

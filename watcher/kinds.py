@@ -18,8 +18,8 @@ ReloadMode = Literal["hup", "restart", "bluegreen"]
 StepOutcome = Literal["ok", "failed", "timeout", "skipped"]
 StepName = Literal[
     "fetch", "verify", "export", "shared", "venv", "check", "migrate", "collectstatic",
-    "pre_switch", "switch", "reload", "health", "workers", "contract_migrate", "post_switch",
-    "prune",
+    "pre_switch", "smoke", "switch", "reload", "health", "workers", "contract_migrate",
+    "post_switch", "prune",
 ]
 
 EVENTS: tuple[Event, ...] = get_args(Event)

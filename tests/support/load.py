@@ -3,7 +3,8 @@ a few threads over keep-alive connections, every answer that is not a 200 counte
 
     load = Load(nginx.url + "/healthz", rate=120).start()
     ...  # deploy
-    result = load.stop()   # result.failed, result.errors, result.bodies, result.p99()
+    result = load.stop()   # result.failed, result.errors, result.bodies, result.p99(),
+                           # result.server_errors (times of 5xx answers), result.window()
 """
 
 from __future__ import annotations
@@ -22,10 +23,15 @@ class LoadResult:
     errors: dict[str, int] = field(default_factory=dict)  # "HTTP 502" / exception name -> n
     bodies: dict[str, int] = field(default_factory=dict)  # distinct 200 bodies -> n
     latencies: list[float] = field(default_factory=list)
+    server_errors: list[float] = field(default_factory=list)  # when each 5xx answer came
 
     @property
     def total(self) -> int:
         return self.ok + self.failed
+
+    def window(self) -> float:
+        """Seconds from the first 5xx answer to the last (0 with none or one)."""
+        return max(self.server_errors) - min(self.server_errors) if self.server_errors else 0.0
 
     def p99(self) -> float:
         ordered = sorted(self.latencies)
@@ -93,6 +99,8 @@ class Load:
         with self._lock:
             r = self.result
             r.latencies.append(latency)
+            if error.startswith("HTTP 5"):
+                r.server_errors.append(time.monotonic())
             if error:
                 r.failed += 1
                 r.errors[error] = r.errors.get(error, 0) + 1

@@ -149,9 +149,13 @@ class BlueGreen:
             log.info("bluegreen.swapped", live=idle.name, stopped=live.name)
         return idle
 
-    def check(self, colour: Colour, sha: str) -> float:
-        """Health-check one colour on its own URL; seconds it took."""
+    def check(self, colour: Colour, sha: str, old: str = "", fail_fast: bool = True) -> float:
+        """Health-check one colour on its own URL; seconds it took. With `fail_fast`,
+        `health.failures` 5xx in a row end it at once; answers naming `old` (a HUPed
+        colour's old workers) do not count."""
         health = self.cfg.health
+        expect = health.expect_revision and bool(sha)
         return wait_healthy(colour.health_url, timeout=health.timeout,
-                            expect=sha if health.expect_revision and sha else None,
+                            expect=sha if expect else None, old=old if expect and old else None,
+                            failures=health.failures if fail_fast else 0,
                             interval=health.interval)

@@ -15,11 +15,11 @@ import structlog
 
 from watcher.config import Config
 from watcher.engine.migrations import MigrationPolicy, decide
-from watcher.engine.plan import Plan, Step
+from watcher.engine.plan import Plan, Step, smoke_url
 from watcher.engine.steps import StepLog
 from watcher.errors import StepFailed
 from watcher.parts import venvs
-from watcher.parts.django_steps import Django, Inspection
+from watcher.parts.django_steps import Django, Inspection, SmokeSpec
 from watcher.parts.releases import Layout, hardlink_tree, link_shared
 
 log = structlog.get_logger()
@@ -29,7 +29,7 @@ SOURCE = ("fetch", "verify", "export")  # run by the executor itself: the plan i
 class Builder:
     def __init__(self, cfg: Config, layout: Layout, release: Path, plan: Plan,
                  steps: StepLog, venv_digest: str, live_release: Path | None,
-                 allow_unsafe: bool = False) -> None:
+                 allow_unsafe: bool = False, sha: str = "") -> None:
         self.cfg = cfg
         self.layout = layout
         self.release = release
@@ -37,6 +37,7 @@ class Builder:
         self.steps = steps
         self.digest = venv_digest
         self.live_release = live_release
+        self.sha = sha
         self.django = Django(cfg.django, release)
         self.inspection: Inspection | None = None
         self.allow_unsafe = allow_unsafe  # `deploy --allow-unsafe-migrations`
@@ -44,12 +45,13 @@ class Builder:
         # Which pending migrations ran, also when migrate failed halfway (MySQL DDL is not
         # transactional, so a failed migrate can leave the schema partly changed).
         self.migrations_applied: list[str] = []
+        self.smoked = False  # step 9a ran in the gate's boot
 
     def run(self) -> None:
         dispatch: dict[str, Callable[[Step], None]] = {
             "shared": self.shared, "venv": self.venv, "check": self.check,
             "migrate": self.migrate, "collectstatic": self.collectstatic,
-            "pre_switch": self.pre_switch,
+            "pre_switch": self.pre_switch, "smoke": self.smoke,
         }
         for step in self.plan.phase("before"):
             if step.name not in SOURCE:
@@ -70,14 +72,20 @@ class Builder:
 
     def check(self, step: Step) -> None:
         mode = self.cfg.django.migration_safety
+        spec = self._smoke_spec()
         with self.steps.step("check", step.reason):
-            self.inspection = self.django.inspect(gate=True, classify=mode != "off")
+            self.inspection = self.django.inspect(gate=True, classify=mode != "off", smoke=spec)
             self.policy = decide(self.inspection, mode, first_deploy=self.live_release is None,
                                  allow_unsafe=self.allow_unsafe)
             for warning in self.policy.warnings:
                 log.warning("migrate.warning", warning=warning)
             if self.policy.refusal:  # before any migration ran: the schema is untouched
                 raise StepFailed("check", self.policy.refusal)
+        found = self.inspection.smoke
+        if found is not None and not found.deferred:  # judged now: a failure stops here
+            with self.steps.step("smoke", "no migration pending: in the gate's Django boot"):
+                found.verdict()
+            self.smoked = True
 
     def migrate(self, step: Step) -> None:
         """Every pending migration but the contract ones, which wait for step 12b."""
@@ -124,6 +132,25 @@ class Builder:
                 return
         with self.steps.step("collectstatic", step.reason, action="run"):
             self.django.collectstatic()
+
+    def smoke(self, step: Step) -> None:
+        """Step 9a, when the gate's boot could not run it: one more Django boot, after
+        migrate and collectstatic."""
+        spec = self._smoke_spec()
+        if self.smoked or spec is None:
+            return
+        found = self.inspection.smoke if self.inspection else None
+        with self.steps.step("smoke", found.deferred if found else step.reason):
+            self.django.smoke(spec).verdict()
+
+    def _smoke_spec(self) -> SmokeSpec | None:
+        if self.plan.step("smoke") is None:
+            return None
+        health = self.cfg.health
+        collect = self.plan.action("collectstatic")
+        return SmokeSpec(smoke_url(self.cfg), health.smoke_paths,
+                         self.sha if health.expect_revision else "",
+                         static_pending=collect in ("run", "carry"))
 
     def pre_switch(self, step: Step) -> None:
         for i, argv in enumerate(self.cfg.hooks.pre_switch):

@@ -144,7 +144,8 @@ class Deployer:
             log.info("deploy.plan", steps=[f"{s.name}:{s.action}" for s in plan.steps],
                      reasons={s.name: s.reason for s in plan.steps})
             builder = Builder(self.cfg, self.layout, release, plan, run.steps, digest,
-                              self.layout.release(live.name) if live else None, allow_unsafe)
+                              self.layout.release(live.name) if live else None, allow_unsafe,
+                              sha=sha)
             try:
                 builder.run()
             finally:
@@ -175,7 +176,7 @@ class Deployer:
         old = self.switcher.serving_workers() if contract else frozenset()
         try:
             colour = self.switcher.go_live(name, sha, plan.phase("go_live"), run.steps,
-                                           colour=colour)
+                                           colour=colour, old=live.sha if live else "")
         except GoLiveFailed as exc:
             state.mark_bad(sha, exc.step, exc.message)
             return self._roll_back(state, run, live, plan, name, exc)

@@ -90,18 +90,25 @@ class Switcher:
             masters = {info.pid for info in map(sup.info, names) if info.pid}
         return procs.children(masters)
 
-    def health(self, sha: str, colour: str) -> None:
+    def health(self, sha: str, colour: str, old: str = "") -> None:
+        """Step 12. `old`: the sha of the release this one replaces; its answers mean "not
+        ready yet", while `health.failures` 5xx in a row from the new one fail at once.
+        Without `old` (going back to a release after a failure, recovery, the first deploy)
+        the wait is not cut short: a 5xx then may come from the failed release's last
+        workers, and there is nothing better to go to."""
         bg = self.bluegreen
         live = bg.by_name(colour) if bg is not None else None
         if bg is not None and live is not None:
-            took = bg.check(live, sha)
+            took = bg.check(live, sha, old, fail_fast=bool(old))
             log.info("health.ok", url=live.health_url, colour=live.name, seconds=round(took, 2))
         url = self.cfg.health.url
         if not url:
             return
-        took = wait_healthy(url, timeout=self.cfg.health.timeout,
-                            expect=sha if self.cfg.health.expect_revision else None,
-                            interval=self.cfg.health.interval)
+        health = self.cfg.health
+        took = wait_healthy(url, timeout=health.timeout,
+                            expect=sha if health.expect_revision else None,
+                            old=old if health.expect_revision and old else None,
+                            failures=health.failures if old else 0, interval=health.interval)
         log.info("health.ok", url=url, seconds=round(took, 2))
 
     def restart_workers(self) -> None:
@@ -116,11 +123,13 @@ class Switcher:
                          pid=info.pid)
 
     def go_live(self, name: str, sha: str, plan: Sequence[Step], steps: StepLog, *,
-                colour: str, keep: str = "", prefix: str = "") -> str:
+                colour: str, keep: str = "", prefix: str = "", old: str = "") -> str:
         """Run the go-live steps of a plan (`plan.go_live_steps`: switch, reload, health,
         workers) for release `name`, logged under `prefix` on the rollback and recovery
         paths. `colour` is the blue/green colour live before; returns the one serving now
         ("" without it).
+        `old` is the sha of the release being replaced, given when going forward: it turns
+        on the fail-fast of `health.failures` (see `health`).
         Raises GoLiveFailed, which carries the colour serving at the failure."""
         try:
             for step in plan:
@@ -131,7 +140,7 @@ class Switcher:
                     elif step.name == "reload":
                         colour = self.reload(cast(ReloadMode, step.action), sha, colour, keep)
                     elif step.name == "health":
-                        self.health(sha, colour)
+                        self.health(sha, colour, old)
                     elif step.name == "workers":
                         self.restart_workers()
         except WatcherError as exc:

@@ -91,6 +91,9 @@ def make_plan(inp: PlanInput, cfg: Config) -> Plan:
         steps.append(collect)
     if cfg.hooks.pre_switch:
         steps.append(Step("pre_switch", "run", f"{len(cfg.hooks.pre_switch)} hook(s)"))
+    if smoke_url(cfg):
+        steps.append(Step("smoke", "run", f"health path + {len(cfg.health.smoke_paths)} "
+                          "smoke path(s); in the gate's boot unless a migration is pending"))
     mode, why = reload_mode(cfg, live_venv=inp.live_venv if inp.live_sha else None,
                             target_venv=inp.target_venv)
     steps.extend(web_steps(cfg, mode, why))
@@ -161,6 +164,14 @@ def _static_reason(changed: frozenset[str], cfg: Config) -> str | None:
         if "settings" in p.stem or "settings" in p.parts:
             return f"settings changed: {path}"
     return None
+
+
+def smoke_url(cfg: Config) -> str:
+    """The URL whose path and Host the smoke requests use (step 9a): health.url, else the
+    first blue/green health URL; "" when there is no health check at all."""
+    if cfg.health.url:
+        return cfg.health.url
+    return cfg.bluegreen.health_urls[0] if cfg.bluegreen is not None else ""
 
 
 def go_live_steps(cfg: Config, mode: ReloadMode, why: str) -> tuple[Step, ...]:

@@ -67,7 +67,7 @@ def rollback(deployer: Deployer, target: str | None = None, lock_wait: float = 0
         switcher.ensure_reachable()  # unreachable: exit 3, nothing switched
         try:
             colour = switcher.go_live(record.name, record.sha, plan, run.steps,
-                                      colour=live.colour)
+                                      colour=live.colour, old=live.sha)
         except GoLiveFailed as failure:
             outcome: DeployOutcome
             log.error("rollback.failed", error=str(failure))

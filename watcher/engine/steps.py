@@ -56,9 +56,12 @@ TABLE: tuple[StepKind, ...] = (
     StepKind("migrate", "before", "abort", "manage.py migrate --noinput"),
     StepKind("collectstatic", "before", "abort", "collectstatic, or carry the live files over"),
     StepKind("pre_switch", "before", "abort", "hooks.pre_switch in the new release"),
+    StepKind("smoke", "before", "abort", "health path and health.smoke_paths through Django's "
+             "test client in the new release (9a)"),
     StepKind("switch", "go_live", "roll_back", "current -> the new release, atomically"),
     StepKind("reload", "go_live", "roll_back", "reload the app over Supervisord's XML-RPC"),
-    StepKind("health", "go_live", "roll_back", "health URL until it passes or times out"),
+    StepKind("health", "go_live", "roll_back", "health URL until it passes, times out, or "
+             "health.failures 5xx in a row"),
     # Step 12b: after the web passed health, supervisor.workers stopped warmly and started on
     # the live code. Before the contract migrations: a worker that fails rolls back while
     # the old code can still live on the schema, and once the workers restarted no old code

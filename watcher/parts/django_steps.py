@@ -7,13 +7,19 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import structlog
 
 from watcher.config import DjangoConfig
 from watcher.errors import StepFailed
+from watcher.log import scrub
 from watcher.parts.runner import Result, clean_env, run
 
+log = structlog.get_logger()
 MARK = "WATCHER-INSPECT "
 DOCS = "docs/migrations.md"
+SMOKE_STARTED = "WATCHER-SMOKE-GET "  # inrelease/smoke.py prints it before each request
 # In-release helpers: plain Python files that the script below reads and execs.
 INRELEASE = Path(__file__).resolve().parent / "inrelease"
 CLASSES_PY = str(INRELEASE / "migration_classes.py")
@@ -38,6 +44,7 @@ _INSPECT = (
     "plan = ex.migration_plan(ex.loader.graph.leaf_nodes())\n"
     "from django.core.servers.basehttp import get_internal_wsgi_application\n"
     "get_internal_wsgi_application()\n"  # the WSGI module imports: Gunicorn will boot
+    "_smoke = globals().get('watcher_smoke')\n"  # step 9a in this boot: see SmokeSpec
     "storages = getattr(settings, 'STORAGES', {}) or {}\n"
     "backend = storages.get('staticfiles', {}).get('BACKEND', '')\n"
     # Migration classes (DESIGN 2a), into a file: the output is kept only as a tail.
@@ -47,6 +54,7 @@ _INSPECT = (
     " else [], 'leaves': _mc['leaves'](ex.loader)}))\n"
     "print(" + repr(MARK) + " + json.dumps({'static_root': str(settings.STATIC_ROOT or ''),"
     " 'static_backend': backend,"
+    " 'smoke': _smoke([m.app_label for m, back in plan if not back]) if _smoke else None,"
     " 'pending': [m.app_label + '.' + m.name for m, back in plan if not back]}))\n"
 )
 LOCAL_STATIC = (
@@ -92,12 +100,86 @@ class Reversal:
 
 
 @dataclass(frozen=True)
+class SmokeSpec:
+    """What step 9a requests: the health URL's path (its Host header, its scheme) and each of
+    `paths`; `expect`, when set, must appear in the health path's body. `static_pending`
+    defers the requests past collectstatic when the static storage keeps a manifest."""
+
+    url: str
+    paths: tuple[str, ...] = ()
+    expect: str = ""
+    static_pending: bool = False  # collectstatic runs (or is carried over) after the gate
+
+    def prelude(self) -> str:
+        """Script lines that load inrelease/smoke.py and define `watcher_smoke(pending)`,
+        which the gate's `_INSPECT` calls when it finds it."""
+        parts = urlsplit(self.url)
+        netloc = parts.netloc.rpartition("@")[2]  # never hand credentials to the release
+        spec = {"url": urlunsplit(parts._replace(netloc=netloc)), "paths": list(self.paths),
+                "expect": self.expect, "static_pending": self.static_pending}
+        path = str(INRELEASE / "smoke.py")
+        return (
+            "_ns = {'__name__': 'watcher_smoke'}\n"
+            f"with open({path!r}, encoding='utf-8') as _f:\n"
+            f"    exec(compile(_f.read(), {path!r}, 'exec'), _ns)\n"
+            f"watcher_smoke_spec = {spec!r}\n"
+            "watcher_smoke = lambda pending: _ns['in_gate'](watcher_smoke_spec, pending)\n"
+        )
+
+
+@dataclass(frozen=True)
+class SmokeReport:
+    """What the smoke requests found: `deferred` (why they did not run in this boot), or one
+    result per path and `error` for what stopped all of them."""
+
+    deferred: str = ""
+    host: str = ""
+    results: tuple[dict[str, Any], ...] = ()
+    error: str = ""
+    rolled_back: tuple[str, ...] = ()
+    not_rolled_back: tuple[str, ...] = ()
+    ms: float = 0.0  # what the requests cost in the Django process, imports included
+    cpu_ms: float = 0.0  # the same in CPU time: what a quiet machine would wait
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SmokeReport:
+        return cls(deferred=str(data.get("deferred", "")), host=str(data.get("host", "")),
+                   results=tuple(data.get("results", ())), error=str(data.get("error", "")),
+                   rolled_back=tuple(data.get("rolled_back", ())),
+                   not_rolled_back=tuple(data.get("not_rolled_back", ())),
+                   ms=float(data.get("ms", 0.0)), cpu_ms=float(data.get("cpu_ms", 0.0)))
+
+    def verdict(self, step: str = "smoke") -> None:
+        """Log each request; raise StepFailed naming the first failing path, its status and
+        the (scrubbed) tail of its traceback or body."""
+        if self.deferred:
+            return
+        for r in self.results:
+            log.info("smoke.request", path=scrub(str(r["path"])), status=r["status"],
+                     ms=r["ms"], problem=scrub(str(r["problem"])) or None)
+        log.info("smoke.done", host=self.host, paths=len(self.results), ms=self.ms,
+                 cpu_ms=self.cpu_ms)
+        if self.not_rolled_back:
+            log.warning("smoke.not_rolled_back", databases=list(self.not_rolled_back))
+        if self.error:
+            raise StepFailed(step, scrub(self.error))
+        failed = [r for r in self.results if r["problem"]]
+        if failed:
+            first = failed[0]
+            more = f" (and {len(failed) - 1} more path(s))" if len(failed) > 1 else ""
+            message = (f"GET {first['path']} (Host {self.host}) {first['problem']}{more}; "
+                       "nothing was switched")
+            raise StepFailed(step, scrub(message), scrub(str(first["detail"])))
+
+
+@dataclass(frozen=True)
 class Inspection:
     static_root: str
     static_backend: str
     pending: tuple[str, ...]
     verdicts: tuple[Verdict, ...] = ()
     leaves: dict[str, str] = field(default_factory=dict)  # app -> newest migration known
+    smoke: SmokeReport | None = None  # step 9a run in the gate's boot (or deferred)
 
     def of_class(self, klass: str) -> list[Verdict]:
         return [v for v in self.verdicts if v.klass == klass]
@@ -161,42 +243,75 @@ class Django:
                    timeout=self.cfg.timeout, cwd=self.release, env=self.env(), check=check)
 
     def inspect(self, step: str = "check", *, gate: bool = False,
-                classify: bool = False) -> Inspection:
+                classify: bool = False, smoke: SmokeSpec | None = None) -> Inspection:
         """STATIC_ROOT, the static storage and pending migrations, in one Django boot.
 
         With `gate`, the same process first runs the `check` command (with `--deploy` when
         configured): a system check error fails the step before anything is inspected. One
-        boot instead of two saves about 0.4 s on every deploy.
+        boot instead of two saves about 0.4 s on every deploy. With `smoke`, the same boot
+        also sends the smoke requests when no migration is pending (`Inspection.smoke`;
+        judged by its `verdict`), or says why they must wait for `smoke()`.
         """
-        script = f"CLASSIFY = {classify!r}\n" + _INSPECT
+        script = f"CLASSIFY = {classify!r}\n" + (
+            _INSPECT if smoke is None else smoke.prelude() + _INSPECT)
         if gate:
             script = (
                 "from django.core.management import call_command\n"
                 f"call_command('check', deploy={self.cfg.check_deploy!r})\n" + script
             )
-        res, more = self._shell_json(script, step)
+        res, more = self._shell_json(script, step, smoke)
         for line in reversed(res.output.splitlines()):
             if line.startswith(MARK) and more is not None:
                 data = json.loads(line[len(MARK):])
                 verdicts = tuple(Verdict(str(v["migration"]), str(v["operation"]),
                                          str(v["class"]), str(v["why"]), str(v["fix"]))
                                  for v in more["migrations"])
+                found = data.get("smoke")
                 return Inspection(str(data["static_root"]), str(data["static_backend"]),
-                                  tuple(data["pending"]), verdicts, dict(more["leaves"]))
+                                  tuple(data["pending"]), verdicts, dict(more["leaves"]),
+                                  SmokeReport.from_json(found) if found else None)
         raise StepFailed(step, "could not read STATIC_ROOT and migrations from Django",
                          res.output)
 
-    def _shell_json(self, script: str, step: str) -> tuple[Result, Any]:
+    def _shell_json(self, script: str, step: str,
+                    smoke: SmokeSpec | None = None) -> tuple[Result, Any]:
         """Run `script` in `manage.py shell`; what it wrote as JSON to the file `OUT` (None
         when it wrote nothing). A file, not stdout: the output is kept only as a tail."""
         with tempfile.TemporaryDirectory(prefix="watcher-django-") as tmp:
             out = Path(tmp) / "out.json"
             script = f"OUT = {str(out)!r}\n" + script
-            res = self.manage("shell", "--verbosity", "0", "-c", script, step=step)
+            res = self._shell(script, step, smoke)
             try:
                 return res, json.loads(out.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 return res, None
+
+    def smoke(self, spec: SmokeSpec, step: str = "smoke") -> SmokeReport:
+        """Step 9a in a Django boot of its own (after migrate and collectstatic), for when
+        the gate's boot could not send the smoke requests. Judge it with `verdict`."""
+        script = (spec.prelude() + "import json\n"
+                  f"print({MARK!r} + json.dumps(_ns['run'](watcher_smoke_spec)))\n")
+        res = self._shell(script, step, spec)
+        for line in reversed(res.output.splitlines()):
+            if line.startswith(MARK):
+                return SmokeReport.from_json(json.loads(line[len(MARK):]))
+        raise StepFailed(step, "the smoke requests gave no answer", res.output)
+
+    def _shell(self, script: str, step: str, smoke: SmokeSpec | None) -> Result:
+        """`manage.py shell -c script`; a timeout while a smoke request was out is that
+        request's failure (step "smoke"), naming its path."""
+        try:
+            return self.manage("shell", "--verbosity", "0", "-c", script, step=step)
+        except StepFailed as exc:
+            started = [line for line in exc.output_tail.splitlines()
+                       if line.startswith(SMOKE_STARTED)]
+            if smoke is None or not exc.timed_out or not started:
+                raise
+            path = started[-1][len(SMOKE_STARTED):]
+            host = urlsplit(smoke.url).netloc.rpartition("@")[2]
+            raise StepFailed("smoke", f"GET {path} (Host {host}) did not answer within "
+                             f"django.timeout ({self.cfg.timeout:g}s); nothing was switched",
+                             exc.output_tail, timed_out=True) from exc
 
     def migrate(self, app: str = "", target: str = "", step: str = "migrate") -> Result:
         """`migrate --noinput`, or `migrate APP TARGET` (forwards or backwards)."""
