@@ -157,7 +157,7 @@ def test_health_config_defaults_and_values() -> None:
     ({"smoke_paths": ["/"]}, "health.smoke_paths needs health.url"),
     ({"url": "http://h/healthz", "smoke_paths": ["login/"]}, "'login/' must be a path"),
     ({"url": "http://h/healthz", "smoke_paths": ["//evil/"]}, "'//evil/' must be a path"),
-    ({"url": "ftp://h/healthz"}, "health.url must start with http"),
+    ({"url": "ftp://h/healthz"}, "health.url must be an http:// or https:// URL"),
 ])
 def test_health_config_errors_name_the_key(health: dict[str, object], needle: str) -> None:
     """Bad health.failures / smoke_paths / url values are refused, naming key and file."""
