@@ -66,32 +66,6 @@ def test_code_only_rolling_reload_under_load_drops_nothing(bg: BlueGreenSite,
     assert bg.served(colour) == new
 
 
-def test_bluegreen_ready_url_ends_the_settle_without_loss(bg: BlueGreenSite,
-                                                          tmp_path: Path) -> None:
-    """With bluegreen.ready_url (the health path through Nginx), the swap stops the old
-    colour as soon as Nginx serves the new sha, before the fixed settle, and drops nothing."""
-    old_colour = bg.recorded_colour()
-    reqs = bg.site.read("requirements.txt")
-    new = bg.site.commit({"requirements.txt": reqs + "# ready_url\n"}, "Requirements again")
-    with Nginx(tmp_path / "nginx", [bg.ports["blue"], bg.ports["green"]], bg.site.root) as nx:
-        bg.set_ready_url(nx.url + "/healthz")
-        load = Load(nx.url + "/healthz", rate=RATE, max_seconds=120).start()
-        try:
-            res = bg.site.watcher("--once", timeout=240)
-            time.sleep(1.0)
-        finally:
-            result = load.stop()
-            bg.set_ready_url("")
-        log = nx.log_tail()
-    print(f"\nready_url swap under load: {result.total} requests, {result.failed} failed, "
-          f"p99 {result.p99() * 1000:.1f} ms")
-    assert res.returncode == 0, tail(res)
-    assert "bluegreen.ready" in res.stderr
-    assert bg.statename(old_colour) == "STOPPED"
-    assert result.failed == 0, f"{result.errors}; nginx: {log}"
-    assert result.bodies.get(f"ok {new}", 0) > 0
-
-
 def test_bluegreen_deploy_under_load_drops_nothing(bg: BlueGreenSite, tmp_path: Path) -> None:
     """Load through Nginx across a venv-changing deploy: blue hands over to green with zero
     failed requests, and answers name the old sha and then the new one."""
@@ -134,3 +108,30 @@ def test_plain_restart_under_load_drops_requests(bg: BlueGreenSite, tmp_path: Pa
     assert bg.statename(live) == "RUNNING"
     assert result.failed > 0, f"no failures in {result.total} requests"
     assert result.ok > 0
+
+
+def test_bluegreen_ready_url_ends_the_settle_without_loss(bg: BlueGreenSite,
+                                                          tmp_path: Path) -> None:
+    """With bluegreen.ready_url (the health path through Nginx), the swap stops the old
+    colour as soon as Nginx serves the new sha, before the fixed settle, and drops nothing.
+    (Last in this module: it swaps the colours the tests above expect.)"""
+    old_colour = bg.recorded_colour()
+    reqs = bg.site.read("requirements.txt")
+    new = bg.site.commit({"requirements.txt": reqs + "# ready_url\n"}, "Requirements again")
+    with Nginx(tmp_path / "nginx", [bg.ports["blue"], bg.ports["green"]], bg.site.root) as nx:
+        bg.set_ready_url(nx.url + "/healthz")
+        load = Load(nx.url + "/healthz", rate=RATE, max_seconds=120).start()
+        try:
+            res = bg.site.watcher("--once", timeout=240)
+            time.sleep(1.0)
+        finally:
+            result = load.stop()
+            bg.set_ready_url("")
+        log = nx.log_tail()
+    print(f"\nready_url swap under load: {result.total} requests, {result.failed} failed, "
+          f"p99 {result.p99() * 1000:.1f} ms")
+    assert res.returncode == 0, tail(res)
+    assert "bluegreen.ready" in res.stderr
+    assert bg.statename(old_colour) == "STOPPED"
+    assert result.failed == 0, f"{result.errors}; nginx: {log}"
+    assert result.bodies.get(f"ok {new}", 0) > 0
