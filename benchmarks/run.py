@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import daemon_bench
 import exposure
+import speed_bench
 import wrkload
 from daemon_bench import median
 from sandbox import Sandbox, free_port
@@ -82,10 +83,26 @@ def measure(sb: Sandbox) -> tuple[list[list[str]], list[str]]:
         commit(100)
         load[f"{kind}-w"] = under_load(nx_w.url, sb.watcher_deploy)
         load[f"{kind}-b"] = under_load(nx_b.url, sb.baseline_deploy)
-    sb.bg.set_reload("bluegreen")  # the same code-only change, swapped instead of HUPed
+    sb.bg.set_reload("hup")  # the same code-only change with a plain HUP (the old default)
     sb.commit_code(200)
+    load["code-hup"] = under_load(nx_w.url, sb.watcher_deploy)
+    sb.bg.set_reload("bluegreen")  # and swapped instead
+    sb.commit_code(300)
     load["code-swap"] = under_load(nx_w.url, sb.watcher_deploy)
     sb.bg.set_reload("auto")
+    # bluegreen.ready_url: the settle ends when Nginx serves the new sha (issue 12, item 4).
+    sb.bg.set_ready_url(nx_w.url + "/healthz")
+    ready_w: list[float] = []
+    sb.commit_requirements(300)
+    load["reqs-ready"] = under_load(nx_w.url, lambda: ready_w.append(sb.watcher_deploy())
+                                    or ready_w[-1])
+    notes.append(f"watcher requirements deploy with ready_url, steps (s): "
+                 f"{steps_of_last_report(sb)}")
+    sb.bg.set_ready_url("")
+    print("a: venv builds", flush=True)
+    builds = speed_bench.venv_builds()
+    print("f: 20,000-file repository", flush=True)
+    big = speed_bench.big_repo(REPEAT)
     print("d: --once no-op", flush=True)
     once = daemon_bench.once_noop(sb)
     print("c: webhook to serving", flush=True)
@@ -106,20 +123,39 @@ def measure(sb: Sandbox) -> tuple[list[list[str]], list[str]]:
         ["a", "deploy wall time, code-only change", f"{cw:.2f} s", f"{cb:.2f} s",
          f"{cw / cb:.0%} of baseline", "≤ 25% of baseline"],
         ["a", "deploy wall time, requirements change", f"{rw:.2f} s", f"{rb:.2f} s",
-         f"{rw / rb:.0%} of baseline", "-"],
+         f"{rw / rb:.0%} of baseline", "≤ 100% (stretch 50%)"],
         ["b", f"p99 latency at steady ~{RATE} req/s, no deploy", ms(load["calm-w"]),
          ms(load["calm-b"]), "Nginx → Gunicorn, 2 workers", "-"],
         ["b", f"failed requests during code-only deploy (~{RATE} req/s)",
-         fails(load["code-w"]), fails(load["code-b"]), "HUP vs restart", "0"],
+         fails(load["code-w"]), fails(load["code-b"]), "rolling (TTIN/TTOU) vs restart", "0"],
         ["b", "p99 latency during code-only deploy", ms(load["code-w"]), ms(load["code-b"]),
-         "", "-"],
+         f"{load['code-w'].p99_ms / load['calm-w'].p99_ms:.1f}x calm", "≤ 2x calm"],
+        ["b", "code-only deploy with `supervisor.reload = \"hup\"` (before): failed, p99",
+         f"{fails(load['code-hup'])}, {ms(load['code-hup'])}", "n/a",
+         "HUP: old workers stop at once", "-"],
         ["b", "code-only deploy with `supervisor.reload = \"bluegreen\"`: failed, p99",
          f"{fails(load['code-swap'])}, {ms(load['code-swap'])}", "n/a",
-         "swap instead of HUP", "-"],
+         "swap instead of rolling", "-"],
         ["b", f"failed requests during requirements deploy (~{RATE} req/s)",
          fails(load["reqs-w"]), fails(load["reqs-b"]), "blue/green vs restart", "0"],
         ["b", "p99 latency during requirements deploy", ms(load["reqs-w"]),
-         ms(load["reqs-b"]), "", "-"],
+         ms(load["reqs-b"]), f"{load['reqs-w'].p99_ms / load['calm-w'].p99_ms:.1f}x calm",
+         "≤ 2x calm"],
+        ["b", "requirements deploy, settle ended by `bluegreen.ready_url`: wall, failed, p99",
+         f"{ready_w[0]:.2f} s, {fails(load['reqs-ready'])}, {ms(load['reqs-ready'])}", "n/a",
+         "instead of the fixed 2.5 s settle", "0 failed"],
+        ["a", "venv build, example app: uv cold / warm cache",
+         f"{builds['uv cold']:.2f} s / {builds['uv warm']:.2f} s", "n/a",
+         "uv venv + uv pip install, local wheel cache", "warm ≤ 1.5 s"],
+        ["a", "venv build, example app: pip (cold / warm)",
+         f"{builds['pip cold']:.2f} s / {builds['pip warm']:.2f} s", "n/a",
+         "python -m venv + pip, the same wheels", "-"],
+        ["f", "code-only deploy: example app / with 20,000 more files",
+         f"{median(big['small'][0]):.2f} s / {median(big['big'][0]):.2f} s", "n/a",
+         f"{median(big['big'][0]) / median(big['small'][0]):.2f}x", "≤ 1.3x"],
+        ["f", "disk per code-only release: example app / with 20,000 more files",
+         f"{median(big['small'][1]) / 1e6:.2f} MB / {median(big['big'][1]) / 1e6:.2f} MB",
+         "n/a", "bytes not shared with the previous release", "∝ the change"],
         ["c", "signed webhook → new sha served through Nginx (code-only)",
          f"{median(hook):.2f} s", "n/a", f"runs: {', '.join(f'{t:.2f}' for t in hook)}",
          "≤ 3 s"],
@@ -132,6 +168,11 @@ def measure(sb: Sandbox) -> tuple[list[list[str]], list[str]]:
          "n/a", f"{checks['rss_warm_mb']:.1f} MB after 50", "≤ 60 MB"],
         *exposed,
     ]
+    for key, label in (("small", "example app"), ("big", f"+{big['files']} files")):
+        walls, costs, steps = big[key]
+        notes.append(f"code-only deploys, {label}: {_list(walls)} s, "
+                     f"{'/'.join(f'{c / 1e6:.2f}' for c in costs)} MB per release; steps (s): "
+                     + ", ".join(f"{k} {v:.2f}" for k, v in steps.items()))
     notes.append(f"deploy wall times (s), watcher code-only {_list(code_w)}, baseline "
                  f"{_list(code_b)}; watcher requirements {_list(req_w)}, baseline {_list(req_b)}")
     for key, res in load.items():

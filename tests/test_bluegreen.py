@@ -60,14 +60,14 @@ def test_first_deploy_starts_blue(bg: BlueGreenSite) -> None:
     assert bg.recorded_colour() == "blue"
 
 
-def test_code_only_change_hups_the_live_colour(bg: BlueGreenSite) -> None:
-    """A code-only change HUPs blue (same master pid) and the worker program, and green
-    stays stopped."""
+def test_code_only_change_reloads_the_live_colour_rolling(bg: BlueGreenSite) -> None:
+    """A code-only change reloads blue in place (rolling: same master pid) and the worker
+    program, and green stays stopped."""
     pid, worker = bg.program("blue")["pid"], bg.site.master_pid()
     sha = bg.site.commit({"pages/about.txt": "code only\n"}, "A code-only change")
     res = once(bg)
     assert res.returncode == 0, tail(res)
-    assert reload_action(res) == "reload:hup"
+    assert reload_action(res) == "reload:rolling"
     assert bg.program("blue")["pid"] == pid
     assert bg.site.master_pid() == worker
     assert settled(bg, "blue", sha) == sha
@@ -137,7 +137,7 @@ def test_unhealthy_idle_colour_rolls_back_with_the_old_colour_serving(
 
 def test_supervisord_wins_over_state_for_the_live_colour(bg: BlueGreenSite) -> None:
     """When state names one colour but only the other runs (e.g. after a reboot that
-    autostarted it), a code-only deploy HUPs the running one and records it."""
+    autostarted it), a code-only deploy reloads the running one in place and records it."""
     recorded = bg.recorded_colour()
     running = "green" if recorded == "blue" else "blue"
     rpc = bg.site.sv.rpc()
@@ -147,7 +147,7 @@ def test_supervisord_wins_over_state_for_the_live_colour(bg: BlueGreenSite) -> N
     sha = bg.site.commit({"pages/about.txt": "again\n"}, "Another code-only change")
     res = once(bg)
     assert res.returncode == 0, tail(res)
-    assert reload_action(res) == "reload:hup"
+    assert reload_action(res) == "reload:rolling"
     assert bg.program(running)["pid"] == pid
     assert settled(bg, running, sha) == sha
     assert bg.statename(recorded) == "STOPPED"
@@ -156,8 +156,8 @@ def test_supervisord_wins_over_state_for_the_live_colour(bg: BlueGreenSite) -> N
 
 
 def test_both_colours_running_converges_on_the_recorded_one(bg: BlueGreenSite) -> None:
-    """With both colours up (a kill between a start and a stop), a code-only deploy HUPs
-    the recorded colour and stops the other, so one version serves."""
+    """With both colours up (a kill between a start and a stop), a code-only deploy reloads
+    the recorded colour in place and stops the other, so one version serves."""
     live = bg.recorded_colour()
     other = "green" if live == "blue" else "blue"
     bg.site.sv.rpc().startProcess(f"mysite_{other}", True)

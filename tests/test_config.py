@@ -382,3 +382,26 @@ def test_check_names_each_unreachable_part(toml: Path, tmp_path: Path) -> None:
     assert "FAIL  supervisord: " in res.stdout
     assert f"warn  app root: {tmp_path / 'app'} does not exist yet" in res.stdout
     assert "Traceback" not in res.stderr
+
+
+# -- issue 12: installer, pip_args under uv, bluegreen.settle -----------------------------
+def test_installer_defaults_to_uv_and_pip_args_uv_rejects_are_named() -> None:
+    """build.installer is uv unless set; a pip_args entry `uv pip install` does not take is
+    a config error naming it (and how out), fine with installer = "pip"."""
+    assert cfg().build.installer == "uv"
+    msg = error_of(build={"pip_args": ["--no-index", "--prefer-binary"]})
+    assert "'--prefer-binary'" in msg and "build.pip_args" in msg and "pip" in msg
+    assert cfg(build={"installer": "pip", "pip_args": ["--prefer-binary"]}).build.installer == (
+        "pip")
+    assert "build.installer" in error_of(build={"installer": "conda"})
+
+
+def test_bluegreen_settle_floor_comes_from_nginx_fail_timeout() -> None:
+    """bluegreen.settle defaults to 2.5 s and must exceed the shipped Nginx fail_timeout (1s)
+    + 1 s; ready_url is optional."""
+    bg = {"programs": ["b", "g"], "health_urls": ["http://x/h", "http://y/h"]}
+    c = cfg(bluegreen=bg, supervisor={"programs": []})
+    assert c.bluegreen is not None and c.bluegreen.settle == 2.5 and c.bluegreen.ready_url == ""
+    assert "bluegreen.settle" in error_of(bluegreen={**bg, "settle": "2s"})
+    c = cfg(bluegreen={**bg, "settle": "3s", "ready_url": "http://127.0.0.1/healthz"})
+    assert c.bluegreen is not None and c.bluegreen.settle == 3.0

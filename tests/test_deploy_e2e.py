@@ -176,8 +176,9 @@ def test_report_carries_every_design_field(day: Day) -> None:
     assert all(set(s) == {"name", "outcome", "duration_s"} for s in doc["steps"])
     names = [s["name"] for s in doc["steps"]]
     for step in ("fetch", "export", "venv", "check", "migrate", "collectstatic", "switch",
-                 "reload", "health", "prune"):
+                 "reload", "health"):
         assert step in names
+    assert "prune" not in names  # it runs after the report is sent (issue 12)
     assert {s["outcome"] for s in doc["steps"]} == {"ok"}
     assert doc["error"] is None
     assert doc["commits"] == [{"sha": site.head(), "author": "Dev",
@@ -206,20 +207,25 @@ def test_noop_check_fetches_nothing(day: Day) -> None:
 
 
 # -- 2. code-only change ------------------------------------------------------------------
-def test_code_only_change_reloads_by_hup(day: Day) -> None:
-    """A template change keeps the master pid (HUP), serves the new code and carries the
-    collected static files over as hard links."""
+def test_code_only_change_reloads_rolling(day: Day) -> None:
+    """A template change keeps the master pid (a rolling reload: new workers before the old
+    ones retire), serves the new code, links unchanged files from the live release and
+    carries the collected static files over as hard links."""
     site = day.site
     old, pid = site.live_release(), site.master_pid()
     page = "pages/templates/pages/index.html"
     site.commit({page: site.read(page).replace("<h1>mysite</h1>", "<h1>mysite v2</h1>")},
                 "Say v2 on the front page")
-    res = day.deploy(label="code-only deploy (HUP)")
+    res = day.deploy(label="code-only deploy (rolling)")
     new = site.live_release()
     assert new != old
     assert site.master_pid() == pid
-    assert "supervisor.hup" in events(res)
-    assert {"venv:reuse", "collectstatic:carry", "reload:hup"} <= set(plan_of(res))
+    assert "reload.rolling" in events(res) and "supervisor.hup" not in events(res)
+    assert {"export:link", "venv:reuse", "collectstatic:carry", "reload:rolling"} <= set(
+        plan_of(res))
+    view = Path("pages/views.py")
+    assert ((site.root / "releases" / new / view).stat().st_ino
+            == (site.root / "releases" / old / view).stat().st_ino)
     status, body = site.get("/")
     assert status == 200 and "mysite v2" in body
     css = Path("staticfiles/pages/site.css")
@@ -230,14 +236,14 @@ def test_code_only_change_reloads_by_hup(day: Day) -> None:
 
 def test_static_change_collects_static_again(day: Day) -> None:
     """A changed static file is collected afresh (no hard link to the old copy) and the
-    program is still only HUPed."""
+    program is still only reloaded in place."""
     site = day.site
     old, pid = site.live_release(), site.master_pid()
     css = "pages/static/pages/site.css"
     site.commit({css: site.read(css) + "\nfooter { color: #555; }\n"}, "Style the footer")
     res = day.deploy()
     new = site.live_release()
-    assert {"collectstatic:run", "reload:hup"} <= set(plan_of(res))
+    assert {"collectstatic:run", "reload:rolling"} <= set(plan_of(res))
     collected = Path("staticfiles") / "pages" / "site.css"
     new_css = site.root / "releases" / new / collected
     assert "footer { color: #555; }" in new_css.read_text()
@@ -422,8 +428,9 @@ def test_status_and_history_show_the_live_release_and_last_outcomes(day: Day) ->
 
 # -- 13. watcher check --------------------------------------------------------------------
 def test_check_reaches_every_part_and_warns_about_chdir(day: Day) -> None:
-    """`watcher check` reports the remote, supervisord and the program; it warns when a
-    program's command does not `--chdir` into `<root>/current`."""
+    """`watcher check` reports the remote, supervisord, the program and the installer; it
+    warns when a program's command does not `--chdir` into `<root>/current`, and says the
+    trade of a setup without [bluegreen] (a venv change restarts the app: requests fail)."""
     site = day.site
     res = day.watcher("check")
     assert res.returncode == 0, tail(res)
@@ -431,7 +438,10 @@ def test_check_reaches_every_part_and_warns_about_chdir(day: Day) -> None:
     assert f"ok    remote: main at {site.head()[:12]}" in out
     assert "ok    supervisord" in out
     assert "ok    program mysite: RUNNING" in out
-    assert "warn" not in out
+    assert "ok    installer: uv: uv " in out
+    warnings = [line for line in out.splitlines() if line.startswith("warn")]
+    assert len(warnings) == 1 and warnings[0].startswith("warn  reload: without [bluegreen]")
+    assert "fail" in warnings[0] and "conf.d-bluegreen" in warnings[0]
     resolved = site.root / "releases" / site.live_release()
     site.sv.add_program("mysite_pinned", (
         f"command={resolved}/.venv/bin/gunicorn --chdir {resolved} -c {resolved}/gunicorn.conf.py\n"

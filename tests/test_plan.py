@@ -51,7 +51,7 @@ CASES: list[tuple[str, PlanInput, dict[str, dict[str, Any]], dict[str, str | Non
     ("first deploy", first(), {},
      {"venv": "build", "migrate": "auto", "collectstatic": "run", "reload": "restart",
       "health": "run", "shared": None, "pre_switch": None, "contract_migrate": None,
-      "smoke": "run"}),
+      "smoke": "run", "export": "full"}),
     ("smoke requests need a health URL", code_only(), {"health": {"url": ""}},
      {"smoke": None, "health": None}),
     ("smoke requests with blue/green only", code_only(),
@@ -59,12 +59,16 @@ CASES: list[tuple[str, PlanInput, dict[str, dict[str, Any]], dict[str, str | Non
                                            "health_urls": ["http://x/h", "http://y/h"]}},
      {"smoke": "run", "health": "run"}),
     ("code only", code_only(), {},
-     {"venv": "reuse", "migrate": "auto", "collectstatic": "carry", "reload": "hup",
-      "contract_migrate": "auto"}),
+     {"venv": "reuse", "migrate": "auto", "collectstatic": "carry", "reload": "rolling",
+      "contract_migrate": "auto", "export": "link"}),
     ("migration_safety off: no contract step", code_only(),
      {"django": {"migration_safety": "off"}}, {"migrate": "auto", "contract_migrate": None}),
     ("template only", code_only("pages/templates/pages/index.html"), {},
-     {"collectstatic": "carry", "reload": "hup"}),
+     {"collectstatic": "carry", "reload": "rolling"}),
+    ("gunicorn config changed: a HUP re-reads it", code_only("gunicorn.conf.py"), {},
+     {"reload": "hup"}),
+    ("reload rolling asked for", new_venv(), {"supervisor": {"reload": "rolling"}},
+     {"reload": "rolling"}),
     ("requirements changed", new_venv("requirements.txt"), {},
      {"venv": "build", "collectstatic": "run", "reload": "restart"}),
     ("venv built before, e.g. a rollback target", new_venv(ready=True), {},
@@ -72,11 +76,11 @@ CASES: list[tuple[str, PlanInput, dict[str, dict[str, Any]], dict[str, str | Non
     ("new interpreter, same requirements", new_venv("pages/views.py"), {},
      {"venv": "build", "collectstatic": "run", "reload": "restart"}),
     ("static file changed", code_only("pages/static/pages/site.css"), {},
-     {"venv": "reuse", "collectstatic": "run", "reload": "hup"}),
+     {"venv": "reuse", "collectstatic": "run", "reload": "rolling"}),
     ("static suffix outside static/", code_only("assets/app.js"), {},
      {"collectstatic": "run"}),
     ("settings module changed", code_only("mysite/settings.py"), {},
-     {"collectstatic": "run", "reload": "hup"}),
+     {"collectstatic": "run", "reload": "rolling"}),
     ("settings package changed", code_only("mysite/settings/prod.py"), {},
      {"collectstatic": "run"}),
     ("other requirements file changed", code_only("requirements/base.txt"),
@@ -98,7 +102,7 @@ CASES: list[tuple[str, PlanInput, dict[str, dict[str, Any]], dict[str, str | Non
     ("auto + bluegreen, venv changed", new_venv(), {"bluegreen": BLUEGREEN},
      {"venv": "build", "reload": "bluegreen"}),
     ("auto + bluegreen, code only", code_only(), {"bluegreen": BLUEGREEN},
-     {"reload": "hup"}),
+     {"reload": "rolling"}),
     ("no health url", code_only(), {"health": {"url": ""}}, {"health": None}),
     ("shared paths", code_only(), {"build": {"shared": [".env", "media"]}},
      {"shared": "link"}),
@@ -160,13 +164,13 @@ def test_every_step_is_a_row_of_the_table_in_table_order() -> None:
     ))
     order = [kind.name for kind in TABLE]
     assert [order.index(n) for n in plan.names] == sorted(order.index(n) for n in plan.names)
-    assert plan.phase("go_live") == go_live_steps(config(), "hup",
-                                                  "code only: graceful worker reload")
+    assert plan.phase("go_live") == go_live_steps(
+        config(), "rolling", "code only: new workers first, the old ones retire once they serve")
 
 
 @pytest.mark.parametrize(("live", "target", "sections", "expected"), [
     (None, NEW_VENV, {}, "restart"),
-    (OLD_VENV, OLD_VENV, {}, "hup"),
+    (OLD_VENV, OLD_VENV, {}, "hup"),  # changes unknown (a rollback by hand, recovery)
     (OLD_VENV, NEW_VENV, {}, "restart"),
     (OLD_VENV, NEW_VENV, {"bluegreen": BLUEGREEN}, "bluegreen"),
     (OLD_VENV, OLD_VENV, {"bluegreen": BLUEGREEN}, "hup"),

@@ -15,6 +15,8 @@ import pytest
 from support.load import Load
 from support.nginx import BlueGreenSite, Nginx
 
+from watcher.parts.gunicorn import Workers, workers
+
 pytestmark = pytest.mark.slow
 RATE = 120  # requests per second, from 4 threads over keep-alive connections
 
@@ -34,9 +36,13 @@ def tail(res: subprocess.CompletedProcess[str]) -> str:
     return f"exit {res.returncode}\nstderr: {res.stderr[-3000:]}"
 
 
-def test_code_only_hup_under_load_drops_nothing(bg: BlueGreenSite, tmp_path: Path) -> None:
-    """Load through Nginx across a code-only deploy (HUP of the live colour): no failed
-    request, and the new sha is served by the end."""
+def test_code_only_rolling_reload_under_load_drops_nothing(bg: BlueGreenSite,
+                                                          tmp_path: Path) -> None:
+    """Load through Nginx across a code-only deploy (a rolling reload of the live colour:
+    TTIN, the new workers load the app, TTOU): no failed request, the same Gunicorn master,
+    its worker count back to 2, and the new sha served by the end."""
+    colour = bg.recorded_colour()
+    master = bg.program(colour)["pid"]
     new = bg.site.commit({"pages/about.txt": "code only\n"}, "A code-only change")
     with Nginx(tmp_path / "nginx", [bg.ports["blue"], bg.ports["green"]], bg.site.root) as nx:
         load = Load(nx.url + "/healthz", rate=RATE, max_seconds=60).start()
@@ -45,12 +51,19 @@ def test_code_only_hup_under_load_drops_nothing(bg: BlueGreenSite, tmp_path: Pat
             time.sleep(1.0)
         finally:
             result = load.stop()
-    print(f"\nHUP deploy under load: {result.total} requests, {result.failed} failed, "
+    print(f"\nrolling deploy under load: {result.total} requests, {result.failed} failed, "
           f"p99 {result.p99() * 1000:.1f} ms")
     assert res.returncode == 0, tail(res)
+    assert "reload.rolling" in res.stderr and "supervisor.hup" not in res.stderr
+    assert bg.program(colour)["pid"] == master
+    deadline = time.monotonic() + 30
+    while workers(master) != Workers(2, 2):
+        assert time.monotonic() < deadline, f"workers: {workers(master)}"
+        time.sleep(0.1)
     assert result.failed == 0, result.errors
     assert result.total >= 100
     assert result.bodies.get(f"ok {new}", 0) > 0
+    assert bg.served(colour) == new
 
 
 def test_bluegreen_deploy_under_load_drops_nothing(bg: BlueGreenSite, tmp_path: Path) -> None:
@@ -95,3 +108,30 @@ def test_plain_restart_under_load_drops_requests(bg: BlueGreenSite, tmp_path: Pa
     assert bg.statename(live) == "RUNNING"
     assert result.failed > 0, f"no failures in {result.total} requests"
     assert result.ok > 0
+
+
+def test_bluegreen_ready_url_ends_the_settle_without_loss(bg: BlueGreenSite,
+                                                          tmp_path: Path) -> None:
+    """With bluegreen.ready_url (the health path through Nginx), the swap stops the old
+    colour as soon as Nginx serves the new sha, before the fixed settle, and drops nothing.
+    (Last in this module: it swaps the colours the tests above expect.)"""
+    old_colour = bg.recorded_colour()
+    reqs = bg.site.read("requirements.txt")
+    new = bg.site.commit({"requirements.txt": reqs + "# ready_url\n"}, "Requirements again")
+    with Nginx(tmp_path / "nginx", [bg.ports["blue"], bg.ports["green"]], bg.site.root) as nx:
+        bg.set_ready_url(nx.url + "/healthz")
+        load = Load(nx.url + "/healthz", rate=RATE, max_seconds=120).start()
+        try:
+            res = bg.site.watcher("--once", timeout=240)
+            time.sleep(1.0)
+        finally:
+            result = load.stop()
+            bg.set_ready_url("")
+        log = nx.log_tail()
+    print(f"\nready_url swap under load: {result.total} requests, {result.failed} failed, "
+          f"p99 {result.p99() * 1000:.1f} ms")
+    assert res.returncode == 0, tail(res)
+    assert "bluegreen.ready" in res.stderr
+    assert bg.statename(old_colour) == "STOPPED"
+    assert result.failed == 0, f"{result.errors}; nginx: {log}"
+    assert result.bodies.get(f"ok {new}", 0) > 0

@@ -14,13 +14,20 @@ from watcher.config import Config, ForgeConfig, is_loopback
 from watcher.delivery.forge import ForgeNotifier
 from watcher.delivery.retry import Failed as ForgeHTTPError
 from watcher.engine.golive import connect
-from watcher.errors import EXIT_OK, EXIT_TRANSIENT, EXIT_USAGE, TransientError, WatcherError
+from watcher.errors import (
+    EXIT_OK,
+    EXIT_TRANSIENT,
+    EXIT_USAGE,
+    StepFailed,
+    TransientError,
+    WatcherError,
+)
 from watcher.log import scrub
 from watcher.parts.gitsource import GitSource
 from watcher.parts.releases import Layout
 from watcher.parts.runner import clean_env, run
 from watcher.parts.supervisor_rpc import Supervisor
-from watcher.parts.venvs import interpreter_id
+from watcher.parts.venvs import installer_version, interpreter_id
 
 
 class _Checks:
@@ -63,6 +70,11 @@ def run_checks(cfg: Config, *, soft: bool = False) -> int:
         c.ok("build python", f"{cfg.build.python}: {ident}")
     except WatcherError as exc:
         c.fail("build python", exc)
+    try:
+        c.ok("installer", f"{cfg.build.installer}: "
+             f"{installer_version(cfg.build.installer, cfg.build.python)}")
+    except StepFailed as exc:
+        c.fail("installer", exc.message)
     if cfg.health.url:
         try:
             resp = requests.get(cfg.health.url, timeout=5)
@@ -76,6 +88,7 @@ def run_checks(cfg: Config, *, soft: bool = False) -> int:
     if cfg.forge is not None:
         _forge(cfg.forge, cfg.state_dir, c)
     _cleartext(cfg, c)
+    _zero_loss(cfg, c)
     root = cfg.app.root
     if not root.exists():
         c.warn("app root", f"{root} does not exist yet; the first deploy creates it")
@@ -100,6 +113,17 @@ def _cleartext(cfg: Config, c: _Checks) -> None:
         c.warn("report url", f"{cfg.report.url} is plain http to {parts.hostname}: reports "
                              "and report.token_file's token cross the network in the clear; "
                              "use https://")
+
+
+def _zero_loss(cfg: Config, c: _Checks) -> None:
+    """The trade of a setup without [bluegreen], said plainly (issue 12)."""
+    if cfg.bluegreen is not None or cfg.supervisor.reload == "hup":
+        return
+    c.warn("reload", "without [bluegreen], a deploy that changes the virtualenv stops and "
+           "starts the app: requests that arrive until Gunicorn is up again fail (502 through "
+           "Nginx; 40 of ~800 at 200 req/s in BENCHMARKS.md). Code-only deploys lose none. "
+           "For zero loss on every deploy add the blue/green pair "
+           "(supervisor/conf.d-bluegreen/, [bluegreen] in watcher.toml)")
 
 
 def _supervisor(cfg: Config, c: _Checks) -> None:

@@ -27,6 +27,7 @@ def once(cfg: Config, args: argparse.Namespace) -> int:
     deployer = Deployer(cfg)
     outcome = deployer.check_once(trigger="cli", actor=current_user())
     deployer.journal.flush()  # reports and mails a past run could not deliver (cron users)
+    deployer.empty_trash()  # pruned releases and venvs, deleted after we exit
     return _say(outcome)
 
 
@@ -34,9 +35,12 @@ def deploy(cfg: Config, args: argparse.Namespace) -> int:
     try:
         from watcher.control import current_user
 
-        return _say(Deployer(cfg).deploy_rev(args.rev, lock_wait=args.wait,
-                                             allow_unsafe=args.allow_unsafe_migrations,
-                                             actor=current_user()))
+        deployer = Deployer(cfg)
+        outcome = deployer.deploy_rev(args.rev, lock_wait=args.wait,
+                                      allow_unsafe=args.allow_unsafe_migrations,
+                                      actor=current_user())
+        deployer.empty_trash()
+        return _say(outcome)
     except GitError as exc:
         # Only resolving REV raises GitError out of deploy_rev (git failures inside the deploy
         # become StepFailed): a rev git does not know is the operator's typo, exit 2.

@@ -17,7 +17,13 @@ from urllib.parse import urlsplit
 
 from watcher import config_rules as rules
 from watcher.config_rules import is_loopback
-from watcher.config_values import EnvValue, convert, from_env, parse_duration
+from watcher.config_values import (
+    EnvValue,
+    convert,
+    from_env,
+    parse_duration,
+    unsupported_uv_args,
+)
 from watcher.errors import ConfigError
 from watcher.kinds import DEPLOY_OUTCOMES
 
@@ -106,6 +112,10 @@ class BlueGreenConfig:
     programs: tuple[str, ...] = ()
     health_urls: tuple[str, ...] = ()
     settle: float = _dur(2.5)
+    # Optional: the health URL through Nginx (e.g. "http://127.0.0.1/healthz"). When set, the
+    # settle ends as soon as Nginx answers it with the new sha (so Nginx routes to the new
+    # colour again), at most `settle` (issue 12).
+    ready_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -215,7 +225,7 @@ SECTIONS: dict[str, tuple[str, type, bool]] = {
 _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("django", "migrate"): ("auto", "always", "never"),
     ("django", "collectstatic"): ("auto", "always", "never"),
-    ("supervisor", "reload"): ("auto", "hup", "restart", "bluegreen"),
+    ("supervisor", "reload"): ("auto", "hup", "rolling", "restart", "bluegreen"),
     ("report", "format"): ("json", "slack", "betterstack", "datadog"),
     ("git", "verify"): ("off", "ssh", "gpg"),
     ("build", "installer"): ("uv", "pip"),
@@ -360,6 +370,7 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"{p}: build.requirements must name at least one file")
     _check_control(cfg)
     _check_health(cfg)
+    _check_speed(cfg)
     if cfg.email is not None and (cfg.email.smtp_url or cfg.email.api_url):
         check_email(cfg.email, str(p))
     if cfg.forge is not None:
@@ -500,6 +511,32 @@ def _check_health(cfg: Config) -> None:
                               "with / (no scheme or host: the health URL's host is used)")
     if health.url and urlsplit(health.url).scheme not in ("http", "https"):
         raise ConfigError(f"{p}: health.url must start with http:// or https://")
+
+
+# -- issue 12: installer, blue/green settle ---------------------------------------------
+# Nginx's `fail_timeout` for the blue/green upstreams in examples/nginx/mysite.conf (1s).
+# Nginx counts it in whole seconds, so a colour it marked failed can stay skipped up to
+# fail_timeout + 1 s; the settle must be longer than that, or the old colour could stop
+# while Nginx still skips the new one and every request would get a 502.
+NGINX_FAIL_TIMEOUT_S = 1.0
+SETTLE_FLOOR_S = NGINX_FAIL_TIMEOUT_S + 1.0
+
+
+def _check_speed(cfg: Config) -> None:
+    p = cfg.path
+    if cfg.build.installer == "uv":
+        bad = unsupported_uv_args(cfg.build.pip_args)
+        if bad:
+            raise ConfigError(
+                f"{p}: build.pip_args: {bad[0]!r} is not accepted by `uv pip install` "
+                f"(build.installer = \"uv\"); drop it, or set build.installer = \"pip\""
+            )
+    bg = cfg.bluegreen
+    if bg is not None and bg.settle <= SETTLE_FLOOR_S:
+        raise ConfigError(
+            f"{p}: bluegreen.settle must be more than {SETTLE_FLOOR_S:g}s (Nginx's "
+            f"fail_timeout of {NGINX_FAIL_TIMEOUT_S:g}s + 1s in examples/nginx/mysite.conf)"
+        )
 
 
 def read_secret(path: str, key: str) -> str:

@@ -6,6 +6,7 @@ import json
 import math
 import re
 import shlex
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
@@ -125,3 +126,40 @@ def _commands(value: Any) -> tuple[tuple[str, ...], ...]:
             raise ValueError("a command must not be empty")
         out.append(tuple(argv))
     return tuple(out)
+
+
+# `uv pip install` options that `build.pip_args` may pass through (uv accepts pip's spelling
+# of each; checked against uv 0.4-0.13). Anything else is a config error at load, naming the
+# argument, rather than a failed deploy later.
+UV_FLAGS = frozenset({
+    "--no-index", "--no-deps", "--pre", "--require-hashes", "--no-build-isolation",
+    "--no-build", "-U", "--upgrade", "--force-reinstall", "--reinstall", "--compile",
+    "--compile-bytecode", "--no-compile", "--no-cache-dir", "--no-cache", "-q", "--quiet",
+    "--disable-pip-version-check", "--isolated", "--no-color", "--break-system-packages",
+})
+UV_VALUED = frozenset({
+    "-r", "--requirement", "--requirements", "-c", "--constraint", "--constraints",
+    "-i", "--index-url", "--extra-index-url", "-f", "--find-links", "--only-binary",
+    "--no-binary", "--trusted-host", "--cert", "-C", "--config-settings", "--config-setting",
+    "--keyring-provider",
+})
+
+
+def unsupported_uv_args(args: Sequence[str]) -> list[str]:
+    """The entries of pip_args that `uv pip install` would reject (pure)."""
+    bad: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        i += 1
+        if not arg.startswith("-") or arg == "-":
+            continue  # a requirement specifier: uv takes those as pip does
+        name = arg.split("=", 1)[0] if arg.startswith("--") else arg[:2]
+        if name in UV_FLAGS and name == arg:
+            continue
+        if name in UV_VALUED:
+            if name == arg:
+                i += 1  # `--find-links DIR`: the next entry is the value
+            continue
+        bad.append(arg)
+    return bad

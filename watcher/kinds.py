@@ -14,7 +14,7 @@ Event = Literal["deploy", "rollback"]
 DeployOutcome = Literal["succeeded", "failed", "rolled_back", "rollback_failed"]
 # What one check came to: a deploy outcome, or one of the answers that deploy nothing.
 CheckOutcome = Literal[DeployOutcome, "unchanged", "known_bad", "skipped", "waiting"]
-ReloadMode = Literal["hup", "restart", "bluegreen"]
+ReloadMode = Literal["hup", "rolling", "restart", "bluegreen"]
 StepOutcome = Literal["ok", "failed", "timeout", "skipped"]
 StepName = Literal[
     "fetch", "verify", "export", "shared", "venv", "check", "migrate", "collectstatic",

@@ -193,6 +193,13 @@ class BlueGreenSite:
         self.site.config.write_text(re.sub(r'^reload = ".*"$', f'reload = "{mode}"', text,
                                            flags=re.M))
 
+    def set_ready_url(self, url: str) -> None:
+        """Set (or with "", clear) bluegreen.ready_url in the sandbox's watcher.toml."""
+        text = re.sub(r'^ready_url = ".*"\n', "", self.site.config.read_text(), flags=re.M)
+        if url:
+            text = text.replace("[bluegreen]\n", f'[bluegreen]\nready_url = "{url}"\n')
+        self.site.config.write_text(text)
+
     def program(self, colour: str) -> dict[str, Any]:
         info: dict[str, Any] = self.site.sv.rpc().getProcessInfo(f"mysite_{colour}")
         return info

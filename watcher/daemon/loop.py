@@ -240,6 +240,7 @@ class Daemon:
             return self._jitter(interval)
         self._succeeded(outcome)
         self.deployer.journal.flush()
+        self.deployer.empty_trash()  # in the background, while the loop waits
         if outcome.outcome == "waiting":
             return self._jitter(self._until_hold_ends(interval))
         return self._jitter(interval)

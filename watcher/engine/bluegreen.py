@@ -27,11 +27,13 @@ new colour running: Supervisord's answer wins over the recorded colour.
 from __future__ import annotations
 
 import time
+import urllib.request
 from dataclasses import dataclass
 
 import structlog
 
 from watcher.config import Config
+from watcher.engine.rolling import reload_program
 from watcher.errors import StepFailed, WatcherError
 from watcher.parts.health import wait_healthy
 from watcher.parts.supervisor_rpc import RUNNING, STOPPED_STATES, Supervisor
@@ -109,18 +111,20 @@ class BlueGreen:
     # -- reloads -------------------------------------------------------------------------
     def reload(self, sup: Supervisor, mode: str, sha: str, recorded: str,
                keep: str = "") -> str:
-        """`hup`: HUP the live colour; anything else: swap. `keep`: the colour a failed swap
-        left serving this very release (nothing to restart). Returns the live colour."""
+        """`hup`/`rolling`: reload the live colour that way; anything else: swap. `keep`:
+        the colour a failed swap left serving this very release (nothing to restart).
+        Returns the live colour."""
         live, extra = self.find_live(sup, recorded)
-        if live is None or (mode != "hup" and keep != live.name):
+        if live is None or (mode not in ("hup", "rolling") and keep != live.name):
             live = self._swap(sup, live, sha, recorded)  # restarts (so replaces) any extra
         else:
             if keep == live.name:
                 log.info("bluegreen.kept", colour=live.name,
                          reason="the failed swap never touched it: it serves this release")
             else:
-                info = sup.reload(live.program, "hup", self.cfg.supervisor.start_timeout)
-                log.info("bluegreen.hup", colour=live.name, program=live.program, pid=info.pid)
+                reload_program(sup, live.program, "rolling" if mode == "rolling" else "hup",
+                               self.cfg.supervisor.start_timeout)
+                log.info("bluegreen.reloaded", colour=live.name, program=live.program, mode=mode)
             for colour in extra:
                 sup.stop(colour.program, STOP_TIMEOUT_S)
         return live.name
@@ -144,10 +148,29 @@ class BlueGreen:
                                 f"{message}", serving=live.name if live else "") from exc
         log.info("bluegreen.healthy", colour=idle.name, seconds=round(took, 2))
         if live is not None:
-            time.sleep(self.settle)
+            self._settle(sha)
             sup.stop(live.program, STOP_TIMEOUT_S)
             log.info("bluegreen.swapped", live=idle.name, stopped=live.name)
         return idle
+
+    def _settle(self, sha: str) -> None:
+        """Both colours serve for `bluegreen.settle`, so Nginx tries the new colour again
+        before the old one stops. With `bluegreen.ready_url` (the health path through Nginx)
+        the wait ends as soon as Nginx answers it from the new release: Nginx (its upstream
+        state shared by every worker through the `zone`) routes to the new colour again."""
+        ready = self.cfg.bluegreen.ready_url if self.cfg.bluegreen else ""
+        if not ready or not sha:
+            time.sleep(self.settle)
+            return
+        started = time.monotonic()
+        deadline = started + self.settle
+        while time.monotonic() < deadline:
+            if _answers(ready, sha, min(1.0, deadline - time.monotonic())):
+                log.info("bluegreen.ready", url=ready,
+                         seconds=round(time.monotonic() - started, 2))
+                return
+            time.sleep(0.02)
+        log.info("bluegreen.settled", seconds=self.settle, url=ready)
 
     def check(self, colour: Colour, sha: str, old: str = "", fail_fast: bool = True) -> float:
         """Health-check one colour on its own URL; seconds it took. With `fail_fast`,
@@ -159,3 +182,12 @@ class BlueGreen:
                             expect=sha if expect else None, old=old if expect and old else None,
                             failures=health.failures if fail_fast else 0,
                             interval=health.interval)
+
+
+def _answers(url: str, sha: str, timeout: float) -> bool:
+    """One GET: does `url` answer 200 with `sha` in its body?"""
+    try:
+        with urllib.request.urlopen(url, timeout=max(timeout, 0.05)) as resp:  # noqa: S310
+            return resp.status == 200 and sha in resp.read(4096).decode("utf-8", "replace")
+    except OSError:
+        return False

@@ -67,7 +67,8 @@ class Builder:
             if step.action == "build":
                 venvs.build(self.layout.venvs, self.digest, self.release, python=build.python,
                             requirements=build.requirements, pip_args=build.pip_args,
-                            timeout=build.timeout)
+                            timeout=build.timeout, installer=build.installer,
+                            cache=self.layout.state_dir / "cache" / "uv")
             venvs.link(self.release, self.digest)
 
     def check(self, step: Step) -> None:

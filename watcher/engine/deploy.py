@@ -32,7 +32,7 @@ from watcher.errors import (
     TransientError,
     WatcherError,
 )
-from watcher.parts import lock, procs, releases, runner, venvs
+from watcher.parts import fs, lock, procs, releases, runner, venvs
 from watcher.parts.django_steps import Django
 from watcher.parts.gitsource import GitSource
 from watcher.parts.releases import Layout
@@ -184,7 +184,11 @@ class Deployer:
             name=name, sha=sha, venv=builder.digest, colour=colour, tag=tag or "",
             migrations=dict(builder.inspection.leaves) if builder.inspection else {}))
         self._after(state, plan.phase("after"), run, contract, old)
-        return self.journal.close(state, run, "succeeded", EXIT_OK, name, None)
+        outcome = self.journal.close(state, run, "succeeded", EXIT_OK, name, None)
+        prune = plan.step("prune")
+        if prune is not None:
+            self._prune_after_report(state, prune, run)
+        return outcome
 
     def _failed(self, state: State, run: Run, builder: Builder | None, name: str,
                 exc: StepFailed) -> Outcome:
@@ -201,7 +205,8 @@ class Deployer:
         and the new release's venv hash."""
         tag = run.tag
         have = self.git.has(sha) and (tag is None or self.git.has_tag(tag))
-        fetch, *verify, export = source_steps(have, self.cfg.git.verify)
+        fetch, *verify, export = source_steps(have, self.cfg.git.verify,
+                                              live is not None)
         with run.steps.step("fetch", fetch.reason, action=fetch.action):
             if fetch.action == "run":
                 self.git.fetch(tags=tag is not None)
@@ -211,7 +216,9 @@ class Deployer:
             with run.steps.step("verify", step.reason, action=step.action):
                 verify_signatures(self.verifier, sha, tag)
         with run.steps.step("export", export.reason, action=export.action):
-            self.git.export(sha, release)
+            base = (self.layout.release(live.name), live.sha) if live is not None else None
+            how = self.git.export(sha, release, base=base if export.action == "link" else None)
+            log.info("export.done", how=how)
         run.commits = self.git.commits(live.sha if live else None, sha)
         digest = venvs.venv_hash(release, self.cfg.build.requirements, self.cfg.build.python)
         return make_plan(PlanInput(
@@ -246,8 +253,9 @@ class Deployer:
 
     def _after(self, state: State, plan: tuple[Step, ...], run: Run,
                contract: list[str], old: procs.Snapshot) -> None:
-        """Steps 12b and 13: contract migrations, post_switch hooks and pruning; failures are
-        logged and reported, the deploy stays."""
+        """Steps 12b and 13: contract migrations and post_switch hooks; failures are logged
+        and reported, the deploy stays. Pruning, the other step of this phase, runs once the
+        report is out (`_prune_after_report`)."""
         live = state.live_record()
         if live is None:
             return
@@ -262,12 +270,6 @@ class Deployer:
                             django.hook(argv, "post_switch", self.cfg.hooks.timeout)
                     except WatcherError as exc:
                         log.warning("post_switch.failed", error=str(exc))
-            elif step.name == "prune":
-                try:
-                    with run.steps.step("prune", step.reason):
-                        self.prune(state)
-                except WatcherError as exc:  # "keep": the new release stays live
-                    log.warning("prune.failed", error=str(exc))
 
     def _contract(self, state: State, run: Run, step: Step, migrations: list[str],
                   old: procs.Snapshot) -> None:
@@ -304,15 +306,35 @@ class Deployer:
             state.contract = {}
             self.state_file.save(state)
 
-    def prune(self, state: State) -> None:
+    def _prune_after_report(self, state: State, step: Step, run: Run) -> None:
+        """Prune once the report is sent, still under the lock, so it adds nothing to the
+        deploy's duration (the step is logged, not reported): old releases and unused venvs
+        are only renamed to trash here (instant), and `empty_trash` deletes them in the
+        background. Failures are logged. Crash point: a kill here leaves the deploy
+        recorded and reported; a release renamed to trash is gone from state at the next
+        prune (`forget_missing`), its trash deleted by the next `empty_trash`."""
+        try:
+            with run.steps.step("prune", step.reason):
+                self.prune(state, delete=False)
+                self.state_file.save(state)
+        except (WatcherError, OSError) as exc:
+            log.warning("prune.failed", error=str(exc))
+
+    def prune(self, state: State, *, delete: bool = True) -> None:
         existing = set(self.layout.names())
         prev = state.previous(existing)
         releases.prune(self.layout, self.cfg.app.keep_releases,
-                       protect=[state.live, prev.name if prev else None])
+                       protect=[state.live, prev.name if prev else None], delete=delete)
         existing = set(self.layout.names())
         state.forget_missing(existing)
         venvs.prune(self.layout.venvs,
-                    [venvs.linked_hash(self.layout.release(n)) for n in existing])
+                    [venvs.linked_hash(self.layout.release(n)) for n in existing],
+                    delete=delete)
+
+    def empty_trash(self) -> int:
+        """Delete what pruning renamed away, in a process of its own that outlives this one:
+        `watcher --once` exits and the daemon goes idle without waiting for it."""
+        return fs.empty_trash([self.layout.releases, self.layout.venvs], detached=True)
 
 
 def _between_steps(run: Run, exc: Exception) -> StepFailed:

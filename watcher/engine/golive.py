@@ -16,6 +16,7 @@ import structlog
 from watcher.config import Config, read_secret
 from watcher.engine.bluegreen import BlueGreen, SwapAbandoned
 from watcher.engine.plan import Step
+from watcher.engine.rolling import reload_program
 from watcher.engine.steps import StepLog
 from watcher.errors import StepFailed, TransientError, WatcherError
 from watcher.kinds import ReloadMode
@@ -69,15 +70,13 @@ class Switcher:
         old one stops. `supervisor.programs` are then reloaded as without it. Returns the
         colour serving now ("" without [bluegreen]); `colour` is the one live before.
         """
-        rpc_mode = "hup" if mode == "hup" else "restart"
         programs = list(self.cfg.supervisor.programs)
         with self.supervisor() as sup:
             if self.bluegreen is not None:
                 colour = self.bluegreen.reload(sup, mode, sha, colour, keep)
                 log.info("reload.done", colour=colour, mode=mode)
             for program in programs:
-                info = sup.reload(program, rpc_mode, self.cfg.supervisor.start_timeout)
-                log.info("reload.done", program=program, mode=rpc_mode, pid=info.pid)
+                reload_program(sup, program, mode, self.cfg.supervisor.start_timeout)
         return colour if self.bluegreen is not None else ""
 
     def serving_workers(self) -> procs.Snapshot:

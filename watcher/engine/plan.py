@@ -11,6 +11,7 @@ manual rollbacks, and recovery all ask it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import cast
@@ -67,18 +68,23 @@ class Plan:
         return cast(ReloadMode, self.action("reload") or "hup")
 
 
-def source_steps(have_commit: bool, verify: str = "off") -> tuple[Step, ...]:
+def source_steps(have_commit: bool, verify: str = "off",
+                 have_live: bool = False) -> tuple[Step, ...]:
     """Fetch (when the mirror lacks the commit), verify its signature (with `git.verify`),
-    export: what the rest is planned from. Verifying comes before anything is exported."""
+    export: what the rest is planned from. Verifying comes before anything is exported.
+    With a live release, the export links unchanged files from it (docs/releases.md); it
+    falls back to a full export by itself when the live release cannot serve as a base."""
     fetch = (Step("fetch", "skip", "commit already in the mirror") if have_commit
              else Step("fetch", "run", "commit not in the mirror yet"))
     check = (Step("verify", verify, f"git.verify = {verify}: only signed commits"),)
-    return (fetch, *(check if verify != "off" else ()),
-            Step("export", "full", "a full export of the commit"))
+    export = (Step("export", "link", "unchanged files linked from the live release")
+              if have_live else Step("export", "full", "first deploy: a full export"))
+    return (fetch, *(check if verify != "off" else ()), export)
 
 
 def make_plan(inp: PlanInput, cfg: Config) -> Plan:
-    steps: list[Step] = list(source_steps(inp.have_commit, cfg.git.verify))
+    steps: list[Step] = list(source_steps(inp.have_commit, cfg.git.verify,
+                                          inp.live_sha is not None))
     if cfg.build.shared:
         steps.append(Step("shared", "link", f"{len(cfg.build.shared)} shared path(s)"))
     steps.append(_venv(inp))
@@ -95,7 +101,7 @@ def make_plan(inp: PlanInput, cfg: Config) -> Plan:
         steps.append(Step("smoke", "run", f"health path + {len(cfg.health.smoke_paths)} "
                           "smoke path(s); in the gate's boot unless a migration is pending"))
     mode, why = reload_mode(cfg, live_venv=inp.live_venv if inp.live_sha else None,
-                            target_venv=inp.target_venv)
+                            target_venv=inp.target_venv, changed=inp.changed)
     steps.extend(web_steps(cfg, mode, why))
     steps.extend(worker_steps(cfg))
     contract = _contract_migrate(inp, cfg)
@@ -198,11 +204,14 @@ def worker_steps(cfg: Config) -> tuple[Step, ...]:
     return (Step("workers", "restart", f"{len(workers)} worker(s): {', '.join(workers)}"),)
 
 
-def reload_mode(cfg: Config, *, live_venv: str | None,
-                target_venv: str) -> tuple[ReloadMode, str]:
+def reload_mode(cfg: Config, *, live_venv: str | None, target_venv: str,
+                changed: frozenset[str] | None = None) -> tuple[ReloadMode, str]:
     """How to reload the app when `target_venv` replaces `live_venv` (None: nothing runs
-    yet), with the reason. HUP keeps the master and its interpreter, so a new venv needs the
-    programs started afresh: the idle blue/green colour when there is one."""
+    yet), with the reason. HUP and rolling keep the master and its interpreter, so a new
+    venv needs the programs started afresh: the idle blue/green colour when there is one.
+    Code only: rolling (new workers before the old ones retire, `rolling.py`) when the
+    changed paths are known and no Gunicorn config file is among them (only a HUP re-reads
+    it); a HUP otherwise (rollbacks by hand, recovery)."""
     mode = cfg.supervisor.reload
     if mode != "auto":
         return cast(ReloadMode, mode), f"supervisor.reload = {mode}"  # checked at load
@@ -212,4 +221,12 @@ def reload_mode(cfg: Config, *, live_venv: str | None,
         if cfg.bluegreen is not None:
             return "bluegreen", "venv changed: start the idle colour"
         return "restart", "venv changed: workers need the new interpreter"
-    return "hup", "code only: graceful worker reload"
+    if changed is None:
+        return "hup", "code only, changes unknown: graceful worker reload"
+    conf = sorted(p for p in changed if _GUNICORN_CONF.search(PurePosixPath(p).name))
+    if conf:
+        return "hup", f"code only, {conf[0]} changed: a HUP re-reads it"
+    return "rolling", "code only: new workers first, the old ones retire once they serve"
+
+
+_GUNICORN_CONF = re.compile(r"^gunicorn.*\.(py|conf)$")

@@ -18,7 +18,7 @@ from watcher.engine.journal import Journal
 from watcher.engine.plan import go_live_steps, reload_mode
 from watcher.engine.steps import StepLog
 from watcher.errors import WatcherError
-from watcher.parts import releases, runner, venvs
+from watcher.parts import fs, releases, runner, venvs
 from watcher.parts.django_steps import Django
 from watcher.parts.releases import Layout
 from watcher.parts.state import State
@@ -59,10 +59,15 @@ def recover(cfg: Config, layout: Layout, switcher: Switcher, journal: Journal,
         if name not in known:
             log.warning("recover.remove_release", release=name)
             releases.remove(layout.release(name))
+    # `.trash-*` (pruned, maybe half-deleted by a killed deleter) is left to empty_trash,
+    # off the deploy path; other dot-names are a killed export's temp files.
     for tmp in layout.releases.glob(".*"):
-        releases.remove(tmp)
+        if not tmp.name.startswith(fs.TRASH):
+            releases.remove(tmp)
     if layout.venvs.is_dir():
         for venv in layout.venvs.iterdir():
+            if venv.name.startswith(fs.TRASH):
+                continue
             if venv.name.startswith(".") or not (venv / venvs.COMPLETE).exists():
                 log.warning("recover.remove_venv", venv=venv.name)
                 releases.remove(venv)

@@ -9,8 +9,12 @@ release it builds (DESIGN §3): `remove` unlinks a link rather than what it poin
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import subprocess
+import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -22,17 +26,54 @@ def remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def discard(path: Path) -> None:
+TRASH = ".trash-"
+
+
+def discard(path: Path, *, delete: bool = True) -> None:
     """Remove a release or venv dir so that no half-deleted one is ever seen under its name.
 
-    Crash point: it is renamed to a dot-name first (atomic), then deleted; a kill during the
-    deletion leaves `.trash-*`, which the next run's recovery removes.
+    It is renamed to a dot-name first (atomic, instant), then deleted, now or (`delete`
+    false) later by `empty_trash`, off the deploy's wall time. Crash point: a kill during
+    the deletion leaves `.trash-*`, which the next `empty_trash` removes; nothing reads it.
     """
     if not path.exists():
         return
-    trash = path.with_name(f".trash-{path.name}-{os.getpid()}")
+    trash = path.with_name(f"{TRASH}{path.name}-{os.getpid()}")
     os.replace(path, trash)
-    remove(trash)
+    if delete:
+        remove(trash)
+
+
+def trash_in(dirs: Iterable[Path]) -> list[Path]:
+    """The `.trash-*` entries `discard` left in `dirs`."""
+    found: list[Path] = []
+    for d in dirs:
+        with contextlib.suppress(OSError):
+            found += sorted(p for p in d.iterdir() if p.name.startswith(TRASH))
+    return found
+
+
+def empty_trash(dirs: Iterable[Path], *, detached: bool = False) -> int:
+    """Delete what `discard` renamed away; returns how many entries. `detached`: in a child
+    process of its own session that outlives us, so `watcher --once` exits without waiting
+    for the deletion (no descriptor of ours is inherited: not the lock, not our pipes).
+    Trash names are unique and nothing reads them, so no lock is needed, and two deleters of
+    the same entry do no harm."""
+    trash = trash_in(dirs)
+    if not trash:
+        return 0
+    if detached:
+        subprocess.Popen(  # not runner.run: nothing waits for it, on purpose
+            [sys.executable, "-c", _DELETE, *map(str, trash)], stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True,
+            start_new_session=True)
+    else:
+        for path in trash:
+            remove(path)
+    return len(trash)
+
+
+_DELETE = "import shutil,sys\nfor p in sys.argv[1:]: shutil.rmtree(p, ignore_errors=True)"
 
 
 def fsync_dir(path: Path) -> None:

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import os
 import posixpath
 import re
+import shutil
+import stat
 import tarfile
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -174,24 +177,82 @@ class GitSource:
                   step="fetch", timeout=self.cfg.timeout, env=self.env(), check=False)
         return res.ok
 
-    def export(self, sha: str, dest: Path) -> None:
+    def export(self, sha: str, dest: Path, base: tuple[Path, str] | None = None) -> str:
         """Write the tree of `sha` into `dest` (no .git inside) and a REVISION file.
 
         Extraction uses tarfile's `data` filter (explicit checks on a Python without it): a
         committed symlink that points outside the release, absolute or climbing out with
         `..`, fails this step, and nothing is written outside `dest`. REVISION is written
         without following a link the commit may have put under that name.
+
+        With `base` (the live release's dir and sha), files that did not change since the
+        live commit are hard-linked from it and only the changed paths are written (see
+        the end of this module); a missing or damaged live release falls back to a full
+        export. Returns how the release was built: "linked" or "full".
         """
-        dest.mkdir(parents=True)
+        how = "full"
+        if base is not None:
+            how = self._export_linked(sha, dest, *base)
+        if how == "full":
+            dest.mkdir(parents=True)
+            self._extract(sha, dest)
+        # A fresh file: never one linked from the live release (_link_unchanged leaves it,
+        # when committed, to the archive), so this write cannot reach another release.
+        fs.write_new(dest / "REVISION", (sha + "\n").encode("ascii"))
+        return how
+
+    def _extract(self, sha: str, dest: Path, paths: Sequence[str] = ()) -> None:
+        """`git archive` of `sha` (only `paths` when given) unpacked into `dest`."""
         with tempfile.NamedTemporaryFile(dir=dest.parent, prefix=".export-", suffix=".tar") as tmp:
-            self._git("-C", str(self.mirror), "archive", "--format=tar", sha,
+            self._git("--literal-pathspecs", "-C", str(self.mirror), "archive", "--format=tar",
+                      sha, *(["--", *paths] if paths else []),
                       step="export", stdout_path=Path(tmp.name))
             try:
                 with tarfile.open(tmp.name) as tar:
                     extract(tar, dest)
             except (tarfile.TarError, ValueError) as exc:
                 raise StepFailed("export", f"commit {sha[:12]} cannot be exported: {exc}") from None
-        fs.write_new(dest / "REVISION", (sha + "\n").encode("ascii"))
+
+    def _read(self, *args: str, scratch: Path) -> str:
+        """The whole stdout of a git command in the mirror (the runner keeps only a tail)."""
+        with tempfile.NamedTemporaryFile(dir=scratch, prefix=".git-out-") as tmp:
+            self._git("-C", str(self.mirror), *args, step="export", stdout_path=Path(tmp.name))
+            return Path(tmp.name).read_text(encoding="utf-8", errors="surrogateescape")
+
+    def _export_linked(self, sha: str, dest: Path, live: Path, live_sha: str) -> str:
+        """Build `dest` from the live release plus the diff; "full" when it cannot."""
+        why = _unusable(live, live_sha) or ("" if self.has(live_sha) else
+                                            "live commit not in the mirror")
+        if why:
+            log.info("export.full", reason=why)
+            return "full"
+        tree = _parse_tree(self._read("ls-tree", "-r", "-l", "-z", "--full-tree", sha,
+                                      scratch=dest.parent))
+        changed = frozenset(p for p in self._read(
+            "diff", "--name-only", "--no-renames", "-z", live_sha, sha,
+            scratch=dest.parent).split("\0") if p)
+        attrs = {path: self._read("cat-file", "blob", f"{sha}:{path}", scratch=dest.parent)
+                 for path in tree if _is_attributes(path)}
+        why = _needs_full(tree, changed, attrs)
+        if why:
+            log.info("export.full", reason=why)
+            return "full"
+        dest.mkdir(parents=True)
+        try:
+            write, made = _link_unchanged(tree, changed, live, dest)
+            _copy_dir_modes(live, dest, made)
+            for chunk in _chunks(write):
+                self._extract(sha, dest, chunk)
+        except (OSError, tarfile.TarError, StepFailed) as exc:
+            # e.g. an export-ignored path git archive will not name: a full export decides.
+            shutil.rmtree(dest, ignore_errors=True)
+            log.warning("export.full", reason=f"linking failed: {exc}")
+            return "full"
+        except BaseException:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise
+        log.info("export.linked", linked=len(tree) - len(write), written=len(write))
+        return "linked"
 
     def changed_paths(self, old: str, new: str) -> frozenset[str] | None:
         """Paths changed between two commits; None when the old one is unknown here."""
@@ -277,3 +338,117 @@ def _quote(arg: str) -> str:
     if re.match(r"^[A-Za-z0-9_./=:@-]+$", arg):
         return arg
     return "'" + arg.replace("'", "'\"'\"'") + "'"
+
+
+# -- releases linked from the live one (issue 12) ------------------------------------------
+# Like `rsync --link-dest`: a path whose blob and mode did not change since the live commit
+# is hard-linked from the live release, everything else comes from `git archive` of just
+# those paths, through the same extraction as a full export. Why no release can change
+# another's files: a linked inode is only ever replaced in a release (unlink or rename over
+# it: REVISION, `.venv`, shared links, collectstatic), never opened for writing by watcher,
+# and the app must not write into its release (docs/releases.md). Symlinks are never
+# linked: they come from the archive, so extraction checks them as in a full export.
+_ARCHIVE_CHUNK = 500  # paths per `git archive` call (argv stays far below ARG_MAX)
+
+
+def _parse_tree(out: str) -> dict[str, tuple[str, str, int]]:
+    """`git ls-tree -r -l -z` -> {path: (mode, type, size)} (size -1 for non-blobs)."""
+    tree: dict[str, tuple[str, str, int]] = {}
+    for rec in out.split("\0"):
+        if not rec:
+            continue
+        meta, _, path = rec.partition("\t")
+        mode, kind, _obj, size = meta.split()
+        tree[path] = (mode, kind, int(size) if size.isdigit() else -1)
+    return tree
+
+
+def _unusable(live: Path, live_sha: str) -> str:
+    """Why the live release cannot be a base ("" when it can)."""
+    try:
+        rev = live / "REVISION"
+        if not stat.S_ISREG(rev.lstat().st_mode) or not live.is_dir() or live.is_symlink():
+            return "live release damaged"
+        if rev.read_text(encoding="ascii", errors="replace").strip() != live_sha:
+            return "live release's REVISION is not its recorded commit"
+    except OSError:
+        return "live release missing"
+    return ""
+
+
+def _is_attributes(path: str) -> bool:
+    return path == ".gitattributes" or path.endswith("/.gitattributes")
+
+
+def _needs_full(tree: dict[str, tuple[str, str, int]], changed: frozenset[str],
+                attrs: dict[str, str]) -> str:
+    """Why this diff must be exported in full ("" when linking is exact)."""
+    if any(kind != "blob" for _mode, kind, _size in tree.values()):
+        return "submodules"  # git archive writes them as empty dirs; rare enough
+    if any(_is_attributes(p) for p in changed):
+        return ".gitattributes changed: unchanged blobs may export differently"
+    if any("export-subst" in text for text in attrs.values()):
+        return "export-subst: file contents depend on the commit"
+    if len(changed) * 2 > len(tree):
+        return "most files changed"
+    return ""
+
+
+def _link_unchanged(tree: dict[str, tuple[str, str, int]], changed: frozenset[str],
+                    live: Path, dest: Path) -> tuple[list[str], set[Path]]:
+    """Hard-link each unchanged regular file from `live` into `dest`; the paths left to
+    write from the archive: changed ones, symlinks, REVISION, and any live file that does
+    not look as git says it should (missing, another type, size or executable bit)."""
+    write: list[str] = []
+    made: set[Path] = set()
+    real_dirs: dict[Path, bool] = {}
+    for path, (mode, _kind, size) in tree.items():
+        if path in changed or mode not in ("100644", "100755") or path == "REVISION":
+            write.append(path)
+            continue
+        src, dst = live / path, dest / path
+        try:
+            st = src.lstat()
+            if (not stat.S_ISREG(st.st_mode) or st.st_size != size
+                    or bool(st.st_mode & stat.S_IXUSR) != (mode == "100755")
+                    or not _real_dirs(live, Path(path).parent, real_dirs)):
+                write.append(path)
+                continue
+            if dst.parent not in made:
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                made.add(dst.parent)
+            os.link(src, dst, follow_symlinks=False)
+        except OSError:  # EMLINK, a vanished file: write it instead
+            write.append(path)
+    return write, made
+
+
+def _real_dirs(live: Path, rel: Path, seen: dict[Path, bool]) -> bool:
+    """Every directory on the way to `rel` in the live release is a real directory, not a
+    symlink put there after its export: files are never linked through one."""
+    if rel == Path("."):
+        return True
+    if rel not in seen:
+        try:
+            is_dir = stat.S_ISDIR((live / rel).lstat().st_mode)
+        except OSError:
+            is_dir = False
+        seen[rel] = is_dir and _real_dirs(live, rel.parent, seen)
+    return seen[rel]
+
+
+def _chunks(paths: list[str]) -> Iterator[list[str]]:
+    for i in range(0, len(paths), _ARCHIVE_CHUNK):
+        yield paths[i:i + _ARCHIVE_CHUNK]
+
+
+def _copy_dir_modes(live: Path, dest: Path, made: set[Path]) -> None:
+    """Directories made while linking (all real directories in the live release) get the
+    modes the live export gave them; the archive then sets those it contains the same way,
+    so the tree matches a full export's."""
+    done: set[Path] = {dest}
+    for d in made:
+        while d not in done:
+            done.add(d)
+            os.chmod(d, stat.S_IMODE((live / d.relative_to(dest)).lstat().st_mode))
+            d = d.parent

@@ -135,8 +135,10 @@ def switch(layout: Layout, name: str) -> None:
     fsync_dir(layout.root)
 
 
-def prune(layout: Layout, keep: int, protect: Iterable[str | None]) -> list[str]:
-    """Remove the oldest releases beyond `keep`, never a protected one. Returns the removed."""
+def prune(layout: Layout, keep: int, protect: Iterable[str | None], *,
+          delete: bool = True) -> list[str]:
+    """Remove the oldest releases beyond `keep`, never a protected one. Returns the removed.
+    `delete` false: only renamed to trash now (`fs.empty_trash` deletes them later)."""
     keep_set = {p for p in protect if p}
     names = layout.names()
     removed: list[str] = []
@@ -146,12 +148,24 @@ def prune(layout: Layout, keep: int, protect: Iterable[str | None]) -> list[str]
             break
         if name in keep_set:
             continue
-        discard(layout.release(name))
+        discard(layout.release(name), delete=delete)
         removed.append(name)
         excess -= 1
     if removed:
         log.info("prune.releases", removed=removed)
     return removed
+
+
+def _replace_with(src: Path, dst: Path) -> None:
+    """`dst` (taken, or on another file system) becomes a new entry with `src`'s content,
+    put in place by rename: a file already there may be a hard link shared with the live
+    release (docs/releases.md), so it is replaced, never written into."""
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
 
 
 def hardlink_tree(src: Path, dst: Path) -> int:
@@ -165,6 +179,6 @@ def hardlink_tree(src: Path, dst: Path) -> int:
             try:
                 os.link(s, d)
             except OSError:
-                shutil.copy2(s, d)
+                _replace_with(s, d)
             count += 1
     return count

@@ -260,6 +260,11 @@ class Supervisor:
         structlog.get_logger().info("supervisor.hup", program=program)
         self._call("signalProcess", program, "HUP")
 
+    def signal(self, program: str, name: str) -> None:
+        """Send signal `name` (TTIN, TTOU...) to the program's process."""
+        structlog.get_logger().info("supervisor.signal", program=program, signal=name)
+        self._call("signalProcess", program, name)
+
     def start(self, program: str, wait_timeout: float) -> ProcessInfo:
         """Start `program` (already started is fine) and wait until it is RUNNING.
 

@@ -4,6 +4,12 @@ A venv is built in place (venvs are not relocatable: scripts carry absolute sheb
 marked complete by a `.complete` file written last. Crash point: a kill during the build
 leaves a dir without `.complete`; the next build of that hash removes it and starts again,
 so a half-built venv is never used.
+
+`build.installer = "uv"` (the default) builds with the uv binary that ships in the `uv`
+wheel watcher depends on: `uv venv` then `uv pip install`, with uv's cache under
+`.watcher/cache/uv` on the same file system as venvs/, so a package two venvs share is
+hard-linked from the cache into both instead of unpacked twice. `"pip"`: `python -m venv`
+and the venv's own pip, as before.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from pathlib import Path
 import structlog
 
 from watcher.errors import StepFailed
-from watcher.parts.fs import discard, remove
+from watcher.parts.fs import TRASH, discard, remove
 from watcher.parts.runner import clean_env, run
 
 log = structlog.get_logger()
@@ -84,27 +90,94 @@ def build(
     requirements: Sequence[str],
     pip_args: Sequence[str],
     timeout: float,
+    installer: str = "uv",
+    cache: Path | None = None,
 ) -> None:
     """Build venvs/<digest> (the plan decided it is needed); a half-built one left by a crash
-    is removed first, and one that fails is removed, so an incomplete venv is never used."""
+    is removed first, and one that fails is removed, so an incomplete venv is never used.
+
+    `installer` is build.installer; `cache` is uv's cache dir (default
+    `<app.root>/.watcher/cache/uv`, beside venvs/); pip ignores it."""
     path = venvs / digest
     if path.exists():
         log.warning("venv.half_built_removed", venv=digest)
         remove(path)
-    log.info("venv.build", venv=digest)
+    log.info("venv.build", venv=digest, installer=installer)
+    req_args: list[str] = []
+    for rel in requirements:
+        req_args += ["-r", str(release / rel)]
     try:
-        run([python, "-m", "venv", str(path)], step="venv", timeout=timeout, env=clean_env())
-        req_args: list[str] = []
-        for rel in requirements:
-            req_args += ["-r", str(release / rel)]
-        pip = [str(path / "bin" / "python"), "-m", "pip", "install",
-               "--disable-pip-version-check", "--no-input", *pip_args, *req_args]
-        run(pip, step="venv", timeout=timeout, cwd=release,
-            env=clean_env({"PIP_NO_INPUT": "1", "VIRTUAL_ENV": str(path)}))
+        if installer == "uv":
+            _build_uv(path, release, python, pip_args, req_args, timeout,
+                      cache or venvs.parent / ".watcher" / "cache" / "uv")
+        else:
+            run([python, "-m", "venv", str(path)], step="venv", timeout=timeout,
+                env=clean_env())
+            pip = [str(path / "bin" / "python"), "-m", "pip", "install",
+                   "--disable-pip-version-check", "--no-input", *pip_args, *req_args]
+            run(pip, step="venv", timeout=timeout, cwd=release,
+                env=clean_env({"PIP_NO_INPUT": "1", "VIRTUAL_ENV": str(path)}))
     except BaseException:
         remove(path)
         raise
+    # Written last: only a venv with this file is ever linked into a release.
     (path / COMPLETE).write_text(interpreter_id(python) + "\n", encoding="utf-8")
+
+
+def _build_uv(path: Path, release: Path, python: str, pip_args: Sequence[str],
+              req_args: list[str], timeout: float, cache: Path) -> None:
+    """`uv venv` + `uv pip install`. `--no-config`: a uv.toml or pyproject.toml committed in
+    the release must not change where packages come from; `--no-python-downloads`: the venv
+    uses build.python or fails, uv never fetches an interpreter."""
+    uv = uv_binary()
+    cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+    common = ["--no-config", "--no-python-downloads", "--cache-dir", str(cache)]
+    env = clean_env({"VIRTUAL_ENV": str(path)})
+    run([uv, "venv", "--quiet", *common, "--python", python, str(path)], step="venv",
+        timeout=timeout, cwd=release, env=env)
+    # --compile-bytecode: as pip does at install. Without it every Gunicorn worker and
+    # manage.py run compiles the packages again whenever it cannot write __pycache__ (the
+    # app's user cannot write venvs/, or PYTHONDONTWRITEBYTECODE is set): boots get slower.
+    run([uv, "pip", "install", *common, "--compile-bytecode",
+         "--python", str(path / "bin" / "python"), *pip_args, *req_args], step="venv",
+        timeout=timeout, cwd=release, env=env)
+
+
+def uv_binary() -> str:
+    """The uv executable from the `uv` wheel (`find_uv_bin()`), checked to run; a missing or
+    broken one is a StepFailed that says what to do, never a traceback."""
+    fix = ("reinstall watcher's dependencies (pip install --force-reinstall uv), or set "
+           "build.installer = \"pip\"")
+    try:
+        from uv import find_uv_bin  # the binary ships in the uv wheel, nothing is downloaded
+    except ImportError:
+        raise StepFailed("venv", f"build.installer = \"uv\" but the uv package is not "
+                         f"installed: {fix}") from None
+    try:
+        path = str(find_uv_bin())
+    except (FileNotFoundError, OSError):
+        raise StepFailed("venv", f"the uv package is installed but its binary is missing: "
+                         f"{fix}") from None
+    return path
+
+
+def installer_version(installer: str, python: str) -> str:
+    """What `watcher check` prints: "uv 0.5.1 (/path/to/uv)" or "pip 24.0 (python -m pip)".
+    Raises StepFailed (step "check") when the installer cannot run."""
+    if installer == "uv":
+        try:
+            uv = uv_binary()
+            res = run([uv, "--version"], step="check", timeout=30, env=clean_env())
+        except StepFailed as exc:
+            raise StepFailed("check", f"uv does not run: {exc.message}") from None
+        return f"{res.output.strip()} ({uv})"
+    res = run([python, "-m", "pip", "--version"], step="check", timeout=30, env=clean_env(),
+              check=False)
+    if res.ok and res.output.startswith("pip "):
+        return f"pip {res.output.split()[1]} (venvs get the pip that `python -m venv` seeds)"
+    return "pip (seeded into each venv by `python -m venv`)"
+
+
 
 
 def link(release: Path, digest: str) -> None:
@@ -121,15 +194,16 @@ def linked_hash(release: Path) -> str | None:
         return None
 
 
-def prune(venvs: Path, in_use: Iterable[str | None]) -> list[str]:
-    """Remove every venv no release uses (and half-built ones)."""
+def prune(venvs: Path, in_use: Iterable[str | None], *, delete: bool = True) -> list[str]:
+    """Remove every venv no release uses (and half-built ones); `delete` false: only renamed
+    to trash now (`fs.empty_trash` deletes them later)."""
     keep = {d for d in in_use if d}
     removed: list[str] = []
     if not venvs.is_dir():
         return removed
     for p in sorted(venvs.iterdir()):
-        if p.name not in keep:
-            discard(p)
+        if p.name not in keep and not p.name.startswith(TRASH):
+            discard(p, delete=delete)
             removed.append(p.name)
     if removed:
         log.info("prune.venvs", removed=removed)

@@ -1,0 +1,194 @@
+"""Releases built from the live one plus the diff (issue 12): the tree is the same, byte for
+byte and mode for mode, as a full `git archive` export; unchanged files are hard links."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from support.site import git
+
+from watcher.config import GitConfig
+from watcher.parts.gitsource import GitSource
+
+FILES_A: dict[str, str] = {
+    "a.txt": "alpha\n",
+    "same.txt": "never changes\n",
+    "dir/b.py": "print('b')\n",
+    "dir/c.txt": "to be deleted\n",
+    "gone/only.txt": "its whole dir goes\n",
+    "rename-me.txt": "moving house\n",
+    "mode.sh": "#!/bin/sh\necho mode\n",
+    "exec.sh": "#!/bin/sh\necho stays executable\n",
+    "deep/er/still/x.txt": "deep\n",
+    "becomes-link.txt": "a file, then a symlink\n",
+    "REVISION": "a committed REVISION file\n",
+    "we ird [name]*.txt": "pathspec magic must not apply\n",
+    # Unchanged bulk, as in a real repository: most files do not change in a deploy.
+    **{f"bulk/{i:02d}.py": f"N = {i}\n" for i in range(30)},
+}
+
+
+def tree(root: Path) -> dict[str, tuple[str, int, bytes]]:
+    """Every path under root: (type, permission bits, content or link target)."""
+    out: dict[str, tuple[str, int, bytes]] = {}
+    for dirpath, dirs, files in os.walk(root):
+        for name in dirs + files:
+            p = Path(dirpath) / name
+            st = p.lstat()
+            rel = str(p.relative_to(root))
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ("link", 0, os.readlink(p).encode())
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("dir", stat.S_IMODE(st.st_mode), b"")
+            else:
+                out[rel] = ("file", stat.S_IMODE(st.st_mode), p.read_bytes())
+    return out
+
+
+class Repo:
+    def __init__(self, base: Path) -> None:
+        self.remote = base / "remote.git"
+        self.work = base / "work"
+        git("init", "--bare", "-q", "-b", "main", str(self.remote), cwd=base)
+        git("init", "-q", "-b", "main", str(self.work), cwd=base)
+        git("remote", "add", "origin", str(self.remote), cwd=self.work)
+        self.source = GitSource(GitConfig(remote=str(self.remote)), base / "mirror")
+        self.releases = base / "releases"
+        self.releases.mkdir()
+
+    def commit(self, msg: str) -> str:
+        git("add", "-A", cwd=self.work)
+        git("commit", "-q", "-m", msg, cwd=self.work)
+        git("push", "-q", "origin", "main", cwd=self.work)
+        self.source.fetch()
+        return git("rev-parse", "HEAD", cwd=self.work)
+
+    def write(self, files: dict[str, str]) -> None:
+        for rel, text in files.items():
+            (self.work / rel).parent.mkdir(parents=True, exist_ok=True)
+            (self.work / rel).write_text(text)
+
+
+@pytest.fixture()
+def repo(tmp_path: Path) -> Repo:
+    r = Repo(tmp_path)
+    r.write(FILES_A)
+    os.chmod(r.work / "exec.sh", 0o700)
+    os.symlink("a.txt", r.work / "link")
+    os.symlink("dir", r.work / "dirlink")
+    return r
+
+
+def change_everything(r: Repo) -> None:
+    """Added, changed, deleted, renamed, mode-changed files and symlinks, a type change."""
+    w = r.work
+    r.write({"a.txt": "alpha, changed\n", "new/file.txt": "added\n",
+             "deep/er/still/y.txt": "added beside an unchanged file\n"})
+    (w / "dir" / "c.txt").unlink()
+    (w / "gone" / "only.txt").unlink()
+    os.rename(w / "rename-me.txt", w / "renamed.txt")
+    os.chmod(w / "mode.sh", 0o700)
+    (w / "link").unlink()
+    os.symlink("same.txt", w / "link")  # retargeted
+    os.symlink("new/file.txt", w / "newlink")  # added
+    (w / "becomes-link.txt").unlink()
+    os.symlink("a.txt", w / "becomes-link.txt")
+
+
+def test_linked_release_equals_a_full_export(repo: Repo) -> None:
+    """A release linked from the live one equals a full export of the same commit for added,
+    changed, deleted, renamed and mode-changed files and symlinks; unchanged files share the
+    live release's inodes, changed ones do not, and the live release is left as it was."""
+    sha_a = repo.commit("A")
+    live = repo.releases / "a"
+    assert repo.source.export(sha_a, live) == "full"
+    before = tree(live)
+    change_everything(repo)
+    sha_b = repo.commit("B")
+    linked, full = repo.releases / "b-linked", repo.releases / "b-full"
+    assert repo.source.export(sha_b, linked, base=(live, sha_a)) == "linked"
+    repo.source.export(sha_b, full)
+    assert tree(linked) == tree(full)
+    assert tree(live) == before
+    assert (linked / "REVISION").read_text() == sha_b + "\n"
+    assert (live / "REVISION").read_text() == sha_a + "\n"
+    for unchanged in ("same.txt", "exec.sh", "deep/er/still/x.txt", "dir/b.py"):
+        assert (linked / unchanged).stat().st_ino == (live / unchanged).stat().st_ino
+    for written in ("a.txt", "mode.sh", "REVISION"):
+        assert (linked / written).stat().st_ino != (live / written).stat().st_ino
+    assert (full / "same.txt").stat().st_nlink == 1
+
+
+def test_damaged_file_in_the_live_release_is_written_not_linked(repo: Repo) -> None:
+    """A live file that no longer looks as git says (size, executable bit, a symlinked
+    parent dir) is written from git instead of linked, so the damage is not carried."""
+    sha_a = repo.commit("A")
+    live = repo.releases / "a"
+    repo.source.export(sha_a, live)
+    (live / "same.txt").write_text("edited in place by someone\n")
+    os.chmod(live / "exec.sh", 0o644)
+    os.rename(live / "deep", live / "deep-moved")
+    os.symlink("deep-moved", live / "deep")
+    repo.write({"a.txt": "next\n"})
+    sha_b = repo.commit("B")
+    linked, full = repo.releases / "b-linked", repo.releases / "b-full"
+    assert repo.source.export(sha_b, linked, base=(live, sha_a)) == "linked"
+    repo.source.export(sha_b, full)
+    assert tree(linked) == tree(full)
+    assert (linked / "deep/er/still/x.txt").stat().st_nlink == 1
+
+
+@pytest.mark.parametrize("damage", ["missing", "wrong-revision", "revision-symlink"])
+def test_missing_or_damaged_live_release_falls_back_to_a_full_export(
+        repo: Repo, damage: str) -> None:
+    """No live dir, a REVISION naming another commit, or a REVISION that is a symlink: the
+    release is exported in full, and equals a full export."""
+    sha_a = repo.commit("A")
+    live = repo.releases / "a"
+    repo.source.export(sha_a, live)
+    if damage == "missing":
+        os.rename(live, repo.releases / "elsewhere")
+    elif damage == "wrong-revision":
+        (live / "REVISION").write_text("f" * 40 + "\n")
+    else:
+        (live / "REVISION").unlink()
+        (live / "rev").write_text(sha_a + "\n")
+        os.symlink("rev", live / "REVISION")
+    repo.write({"a.txt": "next\n"})
+    sha_b = repo.commit("B")
+    out, full = repo.releases / "b", repo.releases / "b-full"
+    assert repo.source.export(sha_b, out, base=(live, sha_a)) == "full"
+    repo.source.export(sha_b, full)
+    assert tree(out) == tree(full)
+
+
+def test_gitattributes_change_exports_in_full(repo: Repo) -> None:
+    """A change to .gitattributes can change how unchanged blobs export (export-ignore,
+    eol, export-subst), so that deploy exports in full."""
+    sha_a = repo.commit("A")
+    live = repo.releases / "a"
+    repo.source.export(sha_a, live)
+    repo.write({".gitattributes": "same.txt export-ignore\n"})
+    sha_b = repo.commit("B")
+    out, full = repo.releases / "b", repo.releases / "b-full"
+    assert repo.source.export(sha_b, out, base=(live, sha_a)) == "full"
+    repo.source.export(sha_b, full)
+    assert tree(out) == tree(full) and not (out / "same.txt").exists()
+
+
+def test_export_ignored_paths_stay_out_of_a_linked_release(repo: Repo) -> None:
+    """With an unchanged .gitattributes that export-ignores a path, a linked release still
+    equals a full export (the ignored path is in neither)."""
+    repo.write({".gitattributes": "secret.txt export-ignore\n", "secret.txt": "not shipped\n"})
+    sha_a = repo.commit("A")
+    live = repo.releases / "a"
+    repo.source.export(sha_a, live)
+    repo.write({"a.txt": "next\n"})
+    sha_b = repo.commit("B")
+    out, full = repo.releases / "b", repo.releases / "b-full"
+    repo.source.export(sha_b, out, base=(live, sha_a))
+    repo.source.export(sha_b, full)
+    assert tree(out) == tree(full) and not (out / "secret.txt").exists()

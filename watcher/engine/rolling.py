@@ -1,0 +1,102 @@
+"""Rolling reload of a Gunicorn program for a code-only deploy: add new workers first
+(TTIN), retire the old ones (TTOU) only once the new ones have loaded the app.
+
+Why it serves the new code: Supervisord starts Gunicorn with `--chdir <root>/current`, and
+Gunicorn puts that path, the symlink, on sys.path; the master never imports the app (no
+preload). A worker forked after the switch imports the app through the symlink, so it runs
+the new release, while the old workers keep serving until they are retired; Gunicorn
+retires its oldest workers first on TTOU. A HUP instead stops the old workers at once,
+and requests wait in the backlog while the new ones import Django: p99 jumps (BENCHMARKS.md).
+
+What it does not do: re-read gunicorn.conf.py or move the master's cwd. So the plan HUPs
+when a Gunicorn config file changed, and a HUP is used whenever /proc cannot tell the
+workers' state (the app runs as another user than watcher) or the program is not RUNNING
+with all its workers up.
+
+Crash point: a kill -9 of watcher between TTIN and TTOU leaves the master with twice its
+workers, old and new code side by side, and `current` on a release state.json may not
+know: the next run's recovery switches back and HUPs, which also resets the worker count
+to the configured one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import structlog
+
+from watcher.errors import StepFailed
+from watcher.kinds import ReloadMode
+from watcher.parts import gunicorn
+from watcher.parts.supervisor_rpc import RUNNING, Supervisor
+
+log = structlog.get_logger()
+RESEND_S = 2.0  # a TTIN whose worker is not counted by then is sent again (signals coalesce)
+RETIRE_WAIT_S = 2.0  # per TTOU: wait this long for the oldest worker to go, then move on
+
+
+class _Master:
+    def __init__(self, pid: int, clock: Callable[[], float],
+                 sleep: Callable[[float], None]) -> None:
+        self.pid, self.clock, self.sleep = pid, clock, sleep
+
+    def count(self) -> gunicorn.Workers:
+        return gunicorn.workers(self.pid) or gunicorn.Workers(0, 0)
+
+    def wait(self, cond: Callable[[gunicorn.Workers], bool], until: float) -> bool:
+        while not cond(self.count()):
+            if self.clock() >= until:
+                return False
+            self.sleep(0.05)
+        return True
+
+
+def rolling_reload(sup: Supervisor, program: str, timeout: float,
+                   clock: Callable[[], float] = time.monotonic,
+                   sleep: Callable[[float], None] = time.sleep) -> bool:
+    """True when done; False when it cannot be done here (the caller HUPs instead)."""
+    info = sup.info(program)
+    before = gunicorn.workers(info.pid) if info.statename == RUNNING and info.pid else None
+    if before is None or before.ready != before.total:
+        log.info("reload.rolling_unavailable", program=program,
+                 reason="workers unreadable" if before is None else "workers still booting")
+        return False
+    master, n = _Master(info.pid, clock, sleep), before.total
+    started = clock()
+    deadline = started + timeout
+    for target in range(n + 1, 2 * n + 1):
+        sup.signal(program, "TTIN")
+        while not master.wait(_at_least(target), min(deadline, clock() + RESEND_S)):
+            if clock() >= deadline:
+                raise StepFailed("reload", f"{program}: Gunicorn added no worker on TTIN")
+            sup.signal(program, "TTIN")
+    if not master.wait(lambda w: w.ready >= 2 * n, deadline):
+        raise StepFailed("reload", f"{program}: the new workers did not load the app within "
+                         f"{timeout:g}s (the old ones kept serving)")
+    booted = clock() - started
+    for target in range(2 * n - 1, n - 1, -1):
+        sup.signal(program, "TTOU")
+        master.wait(_at_most(target), min(deadline, clock() + RETIRE_WAIT_S))
+    if sup.info(program).pid != info.pid:
+        raise StepFailed("reload", f"{program}: the Gunicorn master restarted during the "
+                         "rolling reload")
+    log.info("reload.rolling", program=program, workers=n, boot_s=round(booted, 2))
+    return True
+
+
+def _at_least(n: int) -> Callable[[gunicorn.Workers], bool]:
+    return lambda w: w.total >= n
+
+
+def _at_most(n: int) -> Callable[[gunicorn.Workers], bool]:
+    return lambda w: w.total <= n
+
+
+def reload_program(sup: Supervisor, program: str, mode: ReloadMode, timeout: float) -> None:
+    """One program: rolling when asked and possible (else a HUP), HUP, or stop + start."""
+    if mode == "rolling" and rolling_reload(sup, program, timeout):
+        return
+    rpc_mode = "hup" if mode in ("hup", "rolling") else "restart"
+    info = sup.reload(program, rpc_mode, timeout)
+    log.info("reload.done", program=program, mode=rpc_mode, pid=info.pid)
