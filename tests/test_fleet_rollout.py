@@ -152,8 +152,9 @@ def test_sigkill_of_the_migrating_watcher_another_server_finishes(
 def test_one_unhealthy_server_stops_the_rollout_and_status_shows_the_split(
         fleet: FleetSandbox) -> None:
     """web1 switches, web2 fails its health check and rolls back (marking the commit bad for
-    the fleet), web3 does not deploy it; `status --fleet` shows web1 alone on it; `watcher
-    deploy SHA` on web3 then forces it and clears the fleet-wide mark."""
+    the fleet), web3 does not deploy it; `status --fleet` shows web1 alone on it. `watcher
+    deploy SHA` on web3 then forces it and clears the fleet-wide mark, and a manual
+    `watcher rollback` there marks it again."""
     web1, web2, web3 = fleet.servers
     before = fleet.served(web2)
     (web2.root / "shared" / ".env").write_text(
@@ -181,6 +182,10 @@ def test_one_unhealthy_server_stops_the_rollout_and_status_shows_the_split(
     forced = fleet.cli(web3, "deploy", head)  # the operator vouches for it: fleet-wide too
     assert forced.returncode == 0, forced.stderr[-3000:]
     assert head not in json.loads(fleet.cli(web3, "status", "--fleet", "--json").stdout)["bad"]
+    back = fleet.cli(web3, "rollback")  # a manual rollback marks it for the fleet again
+    assert back.returncode == 0, back.stderr[-3000:]
+    mark = json.loads(fleet.cli(web3, "status", "--fleet", "--json").stdout)["bad"][head]
+    assert (mark["host"], mark["step"]) == ("web3", "rollback")
 
 
 def test_redis_down_nothing_switches_and_the_next_check_completes(
