@@ -92,11 +92,13 @@ class Metrics:
         self._paused = Gauge(
             "watcher_paused",
             "1 while `watcher pause` holds automatic deploys back, else 0.",
+            extra,
             registry=self.registry,
         )
         self._waiting = Gauge(
             "watcher_waiting",
             "1 while a new head waits for a pause to end or a deploy window to open.",
+            extra,
             registry=self.registry,
         )
         self._lock = threading.Lock()
@@ -110,6 +112,8 @@ class Metrics:
         if host:  # labelled metrics have no series until first used; these read 0 at once
             self._duration.labels(host)
             self._last_success.labels(host)
+            self._paused.labels(host)
+            self._waiting.labels(host)
 
     def check(self, result: str) -> None:
         """Count one check of the remote: unchanged | deployed | failed | transient."""
@@ -138,10 +142,12 @@ class Metrics:
     def paused_from(self, provider: Callable[[], bool]) -> None:
         """Read the paused gauge from `provider` at each scrape: a `watcher pause` shows at
         once, not at the next check."""
-        self._paused.set_function(lambda: 1.0 if provider() else 0.0)
+        paused = self._paused.labels(*self._host) if self._host else self._paused
+        paused.set_function(lambda: 1.0 if provider() else 0.0)
 
     def waiting(self, waiting: bool) -> None:
-        self._waiting.set(1 if waiting else 0)
+        gauge = self._waiting.labels(*self._host) if self._host else self._waiting
+        gauge.set(1 if waiting else 0)
 
     def webhook(self, forge: str, result: str) -> None:
         """Count one webhook or trigger request by its source and how it was answered."""
