@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from watcher.config import Config, ForgeConfig, is_loopback
+from watcher.config import Config, FleetConfig, ForgeConfig, is_loopback
 from watcher.delivery.forge import ForgeNotifier
 from watcher.delivery.retry import Failed as ForgeHTTPError
 from watcher.engine.golive import connect
@@ -89,6 +89,8 @@ def run_checks(cfg: Config, *, soft: bool = False) -> int:
         _forge(cfg.forge, cfg.state_dir, c)
     _cleartext(cfg, c)
     _zero_loss(cfg, c)
+    if cfg.fleet is not None:
+        _fleet(cfg, cfg.fleet, c)
     root = cfg.app.root
     if not root.exists():
         c.warn("app root", f"{root} does not exist yet; the first deploy creates it")
@@ -181,3 +183,23 @@ def _forge(forge: ForgeConfig, state_dir: Path, c: _Checks) -> None:
         c.ok(f"forge {forge.type}", notifier.check())
     except ForgeHTTPError as exc:
         c.fail(f"forge {forge.type}", str(exc))
+def _fleet(cfg: Config, fleet_cfg: FleetConfig, c: _Checks) -> None:
+    """Reach Redis and say whether this server can write there (a read-only ACL user or
+    replica would leave every deploy waiting, so it fails the check)."""
+    from watcher.parts.fleet import Fleet
+
+    try:
+        fleet = Fleet(fleet_cfg, cfg.app.name)
+        try:
+            writable = fleet.probe()
+        finally:
+            fleet.close()
+    except WatcherError as exc:
+        c.fail("fleet redis", exc)
+        return
+    where = f"{scrub(fleet_cfg.redis_url)} as host {fleet.host}"
+    if writable:
+        c.ok("fleet redis", f"{where}: can write")
+    else:
+        c.fail("fleet redis", f"{where}: answers, but refuses writes (ACL or read-only "
+                              "replica): no server could migrate or switch")

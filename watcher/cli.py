@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="first reverse the migrations the older release does not know")
     s = sub.add_parser("status", parents=[common], help="live release and last check")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--fleet", action="store_true",
+                   help="with [fleet]: every server's live release, last outcome, heartbeat")
     h = sub.add_parser("history", parents=[common],
                        help="past deploys: newest first (--json: oldest first)")
     h.add_argument("-n", type=int, default=10, metavar="N")
@@ -128,8 +130,9 @@ def _register_secrets(cfg: Config) -> None:
     again and registers what it finds, so a rotated secret is blanked too. Best effort: an
     unreadable file is reported where it is used."""
     email = cfg.email.password_file if cfg.email is not None else ""
+    fleet = cfg.fleet.password_file if cfg.fleet is not None else ""
     for path in (cfg.git.token_file, cfg.supervisor.password_file, cfg.report.token_file,
-                 cfg.webhook.secret_file, email):
+                 cfg.webhook.secret_file, email, fleet):
         if path:
             with contextlib.suppress(OSError, UnicodeError):
                 log.register_secret(Path(path).read_text(encoding="utf-8").strip())

@@ -58,6 +58,15 @@ def rollback(cfg: Config, args: argparse.Namespace) -> int:
 def status(cfg: Config, args: argparse.Namespace) -> int:
     from watcher.control import hold_status, print_hold_status
 
+    if args.fleet:  # [fleet]: every server's heartbeat, from Redis
+        from watcher import fleetstatus
+
+        fleet = fleetstatus.collect(cfg)
+        if args.json:
+            print_json(fleet)
+        else:
+            print("\n".join(fleetstatus.render(fleet)))
+        return 0
     state = StateFile(cfg.state_dir / "state.json").load()
     live = state.live_record()
     last = state.history[-1] if state.history else None

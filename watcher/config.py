@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from watcher import config_rules as rules
 from watcher.config_rules import is_loopback
@@ -179,6 +179,7 @@ class FleetConfig:
     host: str = ""
     max_parallel: int = 1
     lease: float = _dur(30.0)
+    wait: float = _dur(600.0)  # longest wait for another server's migration or a rollout slot
 
 
 @dataclass(frozen=True)
@@ -313,6 +314,8 @@ def build(
     bg = values["bluegreen"]
     if bg is not None and not bg.programs and not bg.health_urls:
         values["bluegreen"] = None  # an empty [bluegreen] section means blue/green is off
+    if values["fleet"] is not None and not values["fleet"].redis_url:
+        values["fleet"] = None  # [fleet] without redis_url: this server acts alone
     cfg = Config(**values)
     _check(cfg)
     return cfg
@@ -376,6 +379,8 @@ def _check(cfg: Config) -> None:
     if cfg.forge is not None:
         _check_forge(cfg.forge, p)
     _check_workers(cfg, p)
+    if cfg.fleet is not None:
+        check_fleet(cfg.fleet, str(p))
 
 
 def _check_values(cfg: Config) -> None:
@@ -537,6 +542,32 @@ def _check_speed(cfg: Config) -> None:
             f"{p}: bluegreen.settle must be more than {SETTLE_FLOOR_S:g}s (Nginx's "
             f"fail_timeout of {NGINX_FAIL_TIMEOUT_S:g}s + 1s in examples/nginx/mysite.conf)"
         )
+
+
+def check_fleet(cfg: FleetConfig, where: str) -> None:
+    """[fleet] (DESIGN §8); ConfigError naming the key (exit code 2)."""
+    parts = urlsplit(cfg.redis_url)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(f"{where}: fleet.redis_url must start with redis://, rediss:// or "
+                          "unix://")
+    if parts.password:
+        raise ConfigError(f"{where}: fleet.redis_url must not carry a password; put it in "
+                          "fleet.password_file")
+    if parts.scheme == "unix":
+        if not parts.path.startswith("/"):
+            raise ConfigError(f"{where}: fleet.redis_url: unix:// needs an absolute socket path")
+        db = parse_qs(parts.query).get("db", ["0"])[0]
+    else:
+        if not parts.hostname:
+            raise ConfigError(f"{where}: fleet.redis_url needs a host")
+        db = parts.path.strip("/") or "0"
+    if not db.isdigit():
+        raise ConfigError(f"{where}: fleet.redis_url: the database must be a number, not {db!r}")
+    if cfg.max_parallel < 1:
+        raise ConfigError(f"{where}: fleet.max_parallel must be at least 1")
+    if cfg.lease < 1:
+        raise ConfigError(f"{where}: fleet.lease must be at least 1s (it is renewed every "
+                          "third of it)")
 
 
 def read_secret(path: str, key: str) -> str:

@@ -75,3 +75,13 @@ class StepFailed(WatcherError):
 class Interrupted(WatcherError):
     """The daemon is stopping: a step before the switch was cut short. Not the commit's
     fault, so it is not marked bad; the next start deploys it again."""
+
+
+# -- [fleet] (DESIGN §8) ------------------------------------------------------------------
+class FleetUnreachable(TransientError):
+    """Redis did not answer (or refused us): no migration and no switch happen."""
+
+
+class FleetWaitTimeout(TransientError):
+    """Another server's migration or rollout took longer than `fleet.wait`; the next check
+    tries again, and the live release keeps serving."""

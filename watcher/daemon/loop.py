@@ -12,6 +12,7 @@ import os
 import random
 import secrets
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -128,7 +129,9 @@ class Daemon:
         self.cfg = cfg
         self.deployer = Deployer(cfg, clock)
         self.hints = Hints()
-        self.metrics = Metrics()
+        # With [fleet] every series says which server it is from (fleet.host or hostname).
+        self.metrics = Metrics(host=(cfg.fleet.host or socket.gethostname())
+                               if cfg.fleet is not None else "")
         self.stopping = threading.Event()
         self.rng = random.Random()  # noqa: S311 - jitter, not cryptography
         self.failures = 0

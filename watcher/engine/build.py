@@ -14,6 +14,7 @@ from pathlib import Path
 import structlog
 
 from watcher.config import Config
+from watcher.engine.fleet_rollout import FleetRollout
 from watcher.engine.migrations import MigrationPolicy, decide
 from watcher.engine.plan import Plan, Step, smoke_url
 from watcher.engine.steps import StepLog
@@ -29,7 +30,8 @@ SOURCE = ("fetch", "verify", "export")  # run by the executor itself: the plan i
 class Builder:
     def __init__(self, cfg: Config, layout: Layout, release: Path, plan: Plan,
                  steps: StepLog, venv_digest: str, live_release: Path | None,
-                 allow_unsafe: bool = False, sha: str = "") -> None:
+                 allow_unsafe: bool = False, fleet: FleetRollout | None = None,
+                 sha: str = "") -> None:
         self.cfg = cfg
         self.layout = layout
         self.release = release
@@ -37,7 +39,6 @@ class Builder:
         self.steps = steps
         self.digest = venv_digest
         self.live_release = live_release
-        self.sha = sha
         self.django = Django(cfg.django, release)
         self.inspection: Inspection | None = None
         self.allow_unsafe = allow_unsafe  # `deploy --allow-unsafe-migrations`
@@ -46,6 +47,9 @@ class Builder:
         # transactional, so a failed migrate can leave the schema partly changed).
         self.migrations_applied: list[str] = []
         self.smoked = False  # step 9a ran in the gate's boot
+        self.fleet, self.sha = fleet, sha  # [fleet]: one server of the fleet migrates a commit
+        self.migrated_here = False  # this server ran step 7 (so it runs 12b too)
+        self._migrate: tuple[str, tuple[str, ...]] = ("", ())  # step 7's reason, pending
 
     def run(self) -> None:
         dispatch: dict[str, Callable[[Step], None]] = {
@@ -97,13 +101,25 @@ class Builder:
             self.steps.skipped("migrate", "only contract migrations pending: after the switch"
                                if held else "no pending migrations")
             return
+        self._migrate = (step.reason, pending)
+        if self.fleet is None:
+            self.migrate_now()
+        elif not self.fleet.migrate(self.sha, self.migrate_now):
+            self.steps.skipped("migrate", "another server of the fleet migrates this commit")
+
+    def migrate_now(self) -> None:
+        """Step 7 itself; with [fleet] also run by a server taking over from a dead holder,
+        under `setpriv --pdeathsig` so it dies with this watcher (see Django.migrate)."""
+        reason, pending = self._migrate
         targets = self.policy.before_switch
+        fleet = self.fleet is not None
+        self.migrated_here = True
         try:
-            with self.steps.step("migrate", step.reason, pending=list(pending)):
+            with self.steps.step("migrate", reason, pending=list(pending)):
                 if targets is None:
-                    self.django.migrate()
+                    self.django.migrate(die_with_watcher=fleet)
                 for app, name in targets or ():
-                    self.django.migrate(app, name)
+                    self.django.migrate(app, name, die_with_watcher=fleet)
         except StepFailed:
             self.migrations_applied = self._applied_after_failure(pending)
             raise

@@ -17,6 +17,7 @@ import structlog
 from watcher.config import Config
 from watcher.engine.admission import admit, verify_signatures
 from watcher.engine.build import Builder
+from watcher.engine.fleet_rollout import FleetRollout
 from watcher.engine.golive import GoLiveFailed, Switcher
 from watcher.engine.journal import Journal, Outcome, Run
 from watcher.engine.plan import Plan, PlanInput, Step, go_live_steps, make_plan, source_steps
@@ -58,6 +59,7 @@ class Deployer:
         self.state_file = StateFile(self.layout.state_dir / "state.json")
         self.switcher = Switcher(cfg, self.layout)
         self.journal = Journal(cfg, self.layout, self.state_file)
+        self.rollout = FleetRollout(cfg) if cfg.fleet is not None else None
 
     @property
     def lock_path(self) -> Path:
@@ -77,29 +79,61 @@ class Deployer:
     def check_once(self, lock_wait: float = 0.0, *, trigger: str = "poll",
                    actor: str | None = None) -> Outcome:
         """Step 1: resolve the remote head (or the highest tag); deploy when it moved, is not
-        known bad, is not skipped by the path filters, and no pause or window holds it."""
+        known bad, is not skipped by the path filters, and no pause or window holds it.
+        With [fleet], every check ends with this server's heartbeat."""
         with self.locked(lock_wait) as state:
+            outcome: Outcome | None = None
             try:
-                head, tag = self.git.remote_target()
-            except TransientError as exc:
-                self.journal.last_check(state, "transient", error=str(exc))
-                raise
-            live = state.live_record()
-            if live is not None and live.sha == head:
-                self.journal.last_check(state, "unchanged", head)
-                log.info("check.unchanged", sha=head[:12], release=live.name)
-                return Outcome("unchanged", EXIT_OK, head, live.name, "already up to date")
-            if state.is_bad(head):
-                self.journal.last_check(state, "known_bad", head)
-                bad = state.bad[head]
-                msg = (f"commit {head[:12]} failed before at step {bad.get('step')}; not "
-                       f"retried until the branch moves (`watcher deploy {head[:12]}` forces it)")
-                log.warning("check.known_bad", sha=head[:12], step=bad.get("step"))
-                return Outcome("known_bad", EXIT_FAILED, head, state.live, msg)
-            gated = admit(self.cfg, self.git, self.journal, self.clock, state, head, tag)
-            if gated is not None:
-                return gated
-            return self.deploy(state, head, tag=tag, trigger=trigger, actor=actor)
+                outcome = self._check(state, trigger, actor)
+                return outcome
+            finally:
+                if self.rollout is not None:
+                    self.rollout.beat(state, outcome.outcome if outcome else "transient")
+
+    def _check(self, state: State, trigger: str, actor: str | None) -> Outcome:
+        try:
+            head, tag = self.git.remote_target()
+        except TransientError as exc:
+            self.journal.last_check(state, "transient", error=str(exc))
+            raise
+        live = state.live_record()
+        if live is not None and live.sha == head:
+            self.journal.last_check(state, "unchanged", head)
+            log.info("check.unchanged", sha=head[:12], release=live.name)
+            return Outcome("unchanged", EXIT_OK, head, live.name, "already up to date")
+        if state.is_bad(head):
+            self.journal.last_check(state, "known_bad", head)
+            bad = state.bad[head]
+            msg = (f"commit {head[:12]} failed before at step {bad.get('step')}; not "
+                   f"retried until the branch moves (`watcher deploy {head[:12]}` forces it)")
+            log.warning("check.known_bad", sha=head[:12], step=bad.get("step"))
+            return Outcome("known_bad", EXIT_FAILED, head, state.live, msg)
+        gated = admit(self.cfg, self.git, self.journal, self.clock, state, head, tag)
+        if gated is not None:
+            return gated
+        if self.rollout is not None:
+            refused = self._fleet_refused(state, head)
+            if refused is not None:
+                return refused
+        return self.deploy(state, head, tag=tag, trigger=trigger, actor=actor)
+
+    def _fleet_refused(self, state: State, head: str) -> Outcome | None:
+        """A commit another server marked bad (its migration failed, or it rolled back
+        there) is not deployed here. Redis unreachable: transient, before anything is built."""
+        assert self.rollout is not None  # noqa: S101 - called with [fleet] only
+        try:
+            mark = self.rollout.refused(head)
+        except TransientError as exc:
+            self.journal.last_check(state, "transient", head, error=str(exc))
+            raise
+        if mark is None:
+            return None
+        why = f"marked bad by {mark.get('host')} at step {mark.get('step')}: {mark.get('message')}"
+        state.mark_bad(head, str(mark.get("step") or "fleet"), why)
+        self.journal.last_check(state, "known_bad", head)
+        log.warning("check.fleet_bad", sha=head[:12], host=mark.get("host"))
+        return Outcome("known_bad", EXIT_FAILED, head, state.live,
+                       f"commit {head[:12]} {why}; not deployed on this server")
 
     def deploy_rev(self, rev: str, lock_wait: float = 0.0, allow_unsafe: bool = False,
                    actor: str | None = None) -> Outcome:
@@ -112,6 +146,8 @@ class Deployer:
             if live is not None and live.sha == sha:
                 return Outcome("unchanged", EXIT_OK, sha, live.name, "already live")
             state.bad.pop(sha, None)
+            if self.rollout is not None:  # the operator vouches for it, fleet-wide too
+                self.rollout.forced(sha)
             tag = rev if self.cfg.git.tag_pattern and self.git.has_tag(rev) else None
             outcome = self.deploy(state, sha, allow_unsafe=allow_unsafe, tag=tag,
                                   trigger="cli", actor=actor)
@@ -145,9 +181,11 @@ class Deployer:
                      reasons={s.name: s.reason for s in plan.steps})
             builder = Builder(self.cfg, self.layout, release, plan, run.steps, digest,
                               self.layout.release(live.name) if live else None, allow_unsafe,
-                              sha=sha)
+                              fleet=self.rollout, sha=sha)
             try:
                 builder.run()
+                if self.rollout is not None:  # another server's migration: its result first
+                    self.rollout.await_migration(sha, builder.migrate_now)
             finally:
                 run.warnings = list(builder.policy.warnings)
         except (TransientError, Interrupted):
@@ -162,6 +200,29 @@ class Deployer:
         except Exception as exc:  # a bug between two steps: the commit's deploy failed
             return self._failed(state, run, builder, name, _between_steps(run, exc))
         run.migrations = builder.migrations_applied
+        with contextlib.ExitStack() as fleet_slot:
+            if self.rollout is not None:  # at most fleet.max_parallel servers from here on
+                try:
+                    mark = fleet_slot.enter_context(self.rollout.slot(sha))
+                except TransientError:
+                    releases.remove(release)
+                    self.journal.last_check(state, "transient", sha)
+                    raise
+                if mark is not None:  # rolled back elsewhere while this one was building
+                    releases.remove(release)
+                    refusal = StepFailed("fleet", f"marked bad by {mark.get('host')} at step "
+                                         f"{mark.get('step')}: {mark.get('message')}; "
+                                         "not switched")
+                    state.mark_bad(sha, refusal.step, refusal.message)
+                    return self.journal.close(state, run, "failed", EXIT_FAILED, name, refusal)
+            return self._go_live(state, run, live, plan, name, sha, tag, release, builder,
+                                 fleet_slot)
+
+    def _go_live(self, state: State, run: Run, live: ReleaseRecord | None, plan: Plan,
+                 name: str, sha: str, tag: str | None, release: Path, builder: Builder,
+                 fleet_slot: contextlib.ExitStack) -> Outcome:
+        """Steps 10-14: switch, reload, health (rolling back on failure), then the rest.
+        A fleet's rollout slot is given back once the release is recorded live."""
         try:  # supervisord unreachable: transient (exit 3) before anything is switched
             self.switcher.ensure_reachable()
         except TransientError:
@@ -173,16 +234,22 @@ class Deployer:
                                 StepFailed("reload", internal_error(exc)))
         colour = live.colour if live else ""
         contract = builder.policy.contract
+        if contract and self.rollout is not None and not builder.migrated_here:
+            log.info("fleet.contract_elsewhere", migrations=contract)  # the holder runs 12b
+            contract = []
         old = self.switcher.serving_workers() if contract else frozenset()
         try:
             colour = self.switcher.go_live(name, sha, plan.phase("go_live"), run.steps,
                                            colour=colour, old=live.sha if live else "")
         except GoLiveFailed as exc:
             state.mark_bad(sha, exc.step, exc.message)
+            if self.rollout is not None:  # servers that have not switched will not
+                self.rollout.rolled_back(sha, exc.step, exc.message)
             return self._roll_back(state, run, live, plan, name, exc)
         self.journal.went_live(state, run, ReleaseRecord(
             name=name, sha=sha, venv=builder.digest, colour=colour, tag=tag or "",
             migrations=dict(builder.inspection.leaves) if builder.inspection else {}))
+        fleet_slot.close()  # healthy: the next server may switch while the steps after run
         self._after(state, plan.phase("after"), run, contract, old)
         outcome = self.journal.close(state, run, "succeeded", EXIT_OK, name, None)
         prune = plan.step("prune")

@@ -85,6 +85,9 @@ def rollback(deployer: Deployer, target: str | None = None, lock_wait: float = 0
             return Outcome(outcome, code, record.sha, live.name, str(failure),
                            result.duration_s)
         state.mark_bad(live.sha, "rollback", f"rolled back by hand to {record.name}")
+        if deployer.rollout is not None:  # [fleet]: servers that have not switched will not
+            deployer.rollout.rolled_back(live.sha, "rollback",
+                                         f"rolled back by hand to {record.name}")
         # Named by hand, the target is trusted again even if it was rolled away from before.
         state.bad.pop(record.sha, None)
         record.ok = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -313,9 +314,22 @@ class Django:
                              f"django.timeout ({self.cfg.timeout:g}s); nothing was switched",
                              exc.output_tail, timed_out=True) from exc
 
-    def migrate(self, app: str = "", target: str = "", step: str = "migrate") -> Result:
-        """`migrate --noinput`, or `migrate APP TARGET` (forwards or backwards)."""
-        return self.manage("migrate", *(a for a in (app, target) if a), "--noinput", step=step)
+    def migrate(self, app: str = "", target: str = "", step: str = "migrate", *,
+                die_with_watcher: bool = False) -> Result:
+        """`migrate --noinput`, or `migrate APP TARGET` (forwards or backwards).
+
+        With `die_with_watcher` ([fleet]) it runs under util-linux's `setpriv --pdeathsig
+        KILL`: a watcher killed mid-migration takes its migrate down with it, as a dying
+        machine would, so when its lease runs out the server taking over runs the only
+        migrate (each child leads its own session: killing the watcher's process group
+        alone would leave it running)."""
+        args = ("migrate", *(a for a in (app, target) if a), "--noinput")
+        setpriv = shutil.which("setpriv") if die_with_watcher else None
+        if setpriv is None:
+            return self.manage(*args, step=step)
+        return run([setpriv, "--pdeathsig", "KILL", "--", str(self.python), self.cfg.manage,
+                    *args], step=step, timeout=self.cfg.timeout, cwd=self.release,
+                   env=self.env())
 
     def reversal(self, leaves: dict[str, str], step: str = "migrate_back") -> Reversal:
         """What it takes to bring the schema back to a release that knew `leaves` (its
