@@ -34,7 +34,7 @@ from watcher.config import ForgeConfig
 from watcher.delivery.forge_http import ForgeHTTP
 from watcher.delivery.outbox import Outbox
 from watcher.delivery.record import Report
-from watcher.delivery.retry import Failed, Rejected
+from watcher.delivery.retry import Delivered, Failed, Rejected, delivered
 
 _log = structlog.get_logger("watcher.delivery.forge")
 
@@ -186,22 +186,9 @@ class ForgeNotifier:
         except Failed:
             return ""
 
-    def _deliver(self, doc: dict[str, Any], deadline: float) -> str:
+    def _deliver(self, doc: dict[str, Any], deadline: float) -> Delivered:
         where = {"id": doc.get("id"), "action": doc.get("action"), "forge": self.cfg.type}
-        try:
-            self._do(doc, deadline)
-        except Rejected as exc:
-            _log.error("forge.rejected", **where, error=str(exc), status=exc.status)
-            return "rejected"
-        except Failed as exc:
-            hint = "check forge.token_file" if exc.status in (401, 403) else None
-            _log.error("forge.failed", **where, error=str(exc), status=exc.status, hint=hint)
-            return "failed"
-        except Exception as exc:  # a bug must not lose the status: it stays spooled
-            _log.error("forge.internal_error", **where, error=type(exc).__name__)
-            return "failed"
-        _log.info("forge.sent", **where)
-        return "sent"
+        return delivered("forge", "forge.token_file", where, lambda: self._do(doc, deadline))
 
     def _do(self, doc: dict[str, Any], deadline: float) -> None:
         action, sha = doc["action"], str(doc["sha"])

@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import structlog
 
-from watcher.delivery.retry import Failed, Rejected, Retry, classify_status, with_retries
-from watcher.log import register_secret
+from watcher.delivery.retry import (
+    Failed,
+    Rejected,
+    Retry,
+    classify_status,
+    read_token,
+    with_retries,
+)
 
 _log = structlog.get_logger("watcher.delivery.forge")
 
@@ -45,15 +50,7 @@ class ForgeHTTP:
     timeout_s: float = 5.0
 
     def read_token(self) -> str:
-        path = self.token_file
-        try:
-            token = Path(path).read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeError) as exc:
-            raise Failed(f"cannot read forge.token_file {path}: {type(exc).__name__}") from None
-        if not token or not all("!" <= ch <= "~" for ch in token):  # would break the header
-            raise Failed(f"forge.token_file {path} holds no usable token")
-        register_secret(token)
-        return token
+        return read_token(self.token_file, "forge.token_file")
 
     def call(self, method: str, path: str, deadline: float, body: dict[str, Any] | None = None,
              params: dict[str, str] | None = None) -> Any:

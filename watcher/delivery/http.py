@@ -23,12 +23,12 @@ from watcher.delivery.record import Report, in_design_order, redact_url
 from watcher.delivery.retry import (
     Delivered,
     Failed,
-    Rejected,
     Retry,
     classify_status,
+    delivered,
+    read_token,
     with_retries,
 )
-from watcher.log import register_secret
 
 _log = structlog.get_logger("watcher.delivery.http")
 
@@ -84,7 +84,8 @@ class Reporter:
     def _send_one(self, doc: dict[str, Any], deadline: float) -> Delivered:
         """POST one document with retries."""
         where = {"id": doc.get("id"), "endpoint": self._endpoint}
-        try:
+
+        def send() -> dict[str, Any]:
             token = self._read_token()
             body, content_type = render(mask(doc, token), self.target.format,
                                         now=datetime.now(timezone.utc))
@@ -97,18 +98,9 @@ class Reporter:
             attempts = with_retries(lambda left: self._attempt(body, headers, left),
                                     deadline=deadline, max_attempts=_MAX_ATTEMPTS,
                                     floor=min(0.25, self.target.timeout_s), on_retry=retrying)
-        except Rejected as exc:
-            _log.error("report.rejected", **where, error=str(exc), status=exc.status)
-            return "rejected"
-        except Failed as exc:
-            hint = "check report.token_file" if exc.status in (401, 403) else None
-            _log.error("report.failed", **where, error=str(exc), status=exc.status, hint=hint)
-            return "failed"
-        except Exception as exc:  # a bug here must not lose the report: keep it spooled
-            _log.error("report.internal_error", **where, error=type(exc).__name__)
-            return "failed"
-        _log.info("report.sent", **where, attempts=attempts)
-        return "sent"
+            return {"attempts": attempts}
+
+        return delivered("report", "report.token_file", where, send)
 
     def _attempt(self, body: bytes, headers: dict[str, str], remaining: float) -> None:
         import requests  # here, not at the top: a no-op check never sends and saves ~60 ms
@@ -127,14 +119,4 @@ class Reporter:
         classify_status(resp.status_code, resp.headers.get("Retry-After", ""))
 
     def _read_token(self) -> str:
-        path = self.target.token_file
-        if not path:
-            return ""
-        try:
-            token = Path(path).read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeError) as exc:
-            raise Failed(f"cannot read report.token_file {path}: {type(exc).__name__}") from None
-        if not token or not all("!" <= ch <= "~" for ch in token):  # would break the header
-            raise Failed(f"report.token_file {path} holds no usable token")
-        register_secret(token)  # blanked in every log line, not only in the document
-        return token
+        return read_token(self.target.token_file, "report.token_file")

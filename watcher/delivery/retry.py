@@ -12,9 +12,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
+import structlog
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_random_exponential
+
+from watcher.log import register_secret
+
+_log = structlog.get_logger("watcher.delivery")
 
 # What a delivery came to, as the outbox reads it.
 Delivered = Literal["sent", "rejected", "failed"]
@@ -82,3 +88,38 @@ def with_retries(attempt: Callable[[float], None], *, deadline: float, max_attem
                 raise Failed("time budget used up")
             attempt(remaining)
     return attempts
+
+
+def read_token(path: str, key: str) -> str:
+    """The token in `key`'s file, read at each send (rotation needs no restart) and
+    registered with the scrubber; "" when no file is set. Failed when it cannot serve."""
+    if not path:
+        return ""
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeError) as exc:
+        raise Failed(f"cannot read {key} {path}: {type(exc).__name__}") from None
+    if not token or not all("!" <= ch <= "~" for ch in token):  # would break the header
+        raise Failed(f"{key} {path} holds no usable token")
+    register_secret(token)  # blanked in every log line, not only in the document
+    return token
+
+
+def delivered(kind: str, token_key: str, where: dict[str, Any],
+              send: Callable[[], dict[str, Any] | None]) -> Delivered:
+    """Run one delivery and log what it came to as `<kind>.sent|rejected|failed`; a bug in
+    `send` keeps the document spooled rather than losing it."""
+    try:
+        extra = send() or {}
+    except Rejected as exc:
+        _log.error(f"{kind}.rejected", **where, error=str(exc), status=exc.status)
+        return "rejected"
+    except Failed as exc:
+        hint = f"check {token_key}" if exc.status in (401, 403) else None
+        _log.error(f"{kind}.failed", **where, error=str(exc), status=exc.status, hint=hint)
+        return "failed"
+    except Exception as exc:
+        _log.error(f"{kind}.internal_error", **where, error=type(exc).__name__)
+        return "failed"
+    _log.info(f"{kind}.sent", **where, **extra)
+    return "sent"
