@@ -36,10 +36,12 @@ HEALTHZ_BROKEN_ON_ONE = '''
 @never_cache
 @require_GET
 def healthz(request: HttpRequest) -> HttpResponse:
-    """Fails where MYSITE_BROKEN_HEALTH is set: one server of the fleet is unhealthy."""
+    """Fails where MYSITE_BROKEN_HEALTH is set, when Gunicorn serves it (Django's test client
+    in the smoke requests passes): one server of the fleet turns unhealthy after its switch."""
     import os
 
-    if os.environ.get("MYSITE_BROKEN_HEALTH"):
+    served = request.META.get("SERVER_SOFTWARE", "").startswith("gunicorn")
+    if served and os.environ.get("MYSITE_BROKEN_HEALTH"):
         return HttpResponse("broken\\n", status=500)
     return HttpResponse(f"ok {revision()}\\n", content_type="text/plain; charset=utf-8")
 '''

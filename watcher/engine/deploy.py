@@ -305,8 +305,10 @@ class Deployer:
                                       failed, exc)
         log.warning("rollback.start", to=live.name, reason=str(exc))
         step = plan.step("reload")
-        back = go_live_steps(self.cfg, plan.reload_mode,
-                             f"back the same way: {step.reason if step else ''}")
+        mode, why = plan.reload_mode, f"back the same way: {step.reason if step else ''}"
+        if mode == "rolling":  # the broken workers go at once, not after new ones booted
+            mode, why = "hup", "back by HUP: the failed release's workers must stop serving now"
+        back = go_live_steps(self.cfg, mode, why)
         try:
             live.colour = self.switcher.go_live(live.name, live.sha, back, run.steps,
                                                 colour=exc.colour, keep=exc.kept,
