@@ -88,6 +88,7 @@ class Hints:
             else:
                 due = self._due.setdefault(source, last + self.gap)
                 self.held_back += 1
+                self._cond.notify_all()  # a waiting loop recomputes its timeout: wake at `due`
         if due is None:
             log.info("hint.received", source=source)
         else:
