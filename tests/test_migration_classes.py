@@ -225,16 +225,18 @@ def gates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple]
     yield found
 
 
-@pytest.mark.parametrize("version", ["5.2", "4.2"])
-@pytest.mark.parametrize("case", sorted(CASES))
+# Every case on Django 5.2; on 4.2 only those that 4.2 can express (no db_default).
+VERSIONED_CASES = [(case, version) for case in sorted(CASES) for version in ("5.2", "4.2")
+                   if version == "5.2" or not CASES[case][3]]
+
+
+@pytest.mark.parametrize(("case", "version"), VERSIONED_CASES)
 def test_class_of_each_operation(gates: dict[str, tuple], version: str, case: str) -> None:
     """Each row of DESIGN 2a's table gets its class from the real migration files."""
-    if version not in gates:
-        pytest.skip("no Django 4.2 wheel in the wheel cache")
+    assert version in gates, "no Django 4.2 wheel in the wheel cache (make wheelhouse fetches it)"
     inspection, apps = gates[version]
     app = f"c_{case}"
-    if app not in apps:
-        pytest.skip("db_default needs Django 5")
+    assert app in apps
     got = [(v.operation, v.klass) for v in inspection.verdicts if v.migration.startswith(app)]
     assert got == [(op % {"app": app}, klass) for op, klass in CASES[case][2]]
     for v in inspection.verdicts:
