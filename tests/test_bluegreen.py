@@ -29,7 +29,8 @@ HEALTHZ = 'return HttpResponse(f"ok {revision()}\\n", content_type="text/plain; 
 
 @pytest.fixture(scope="module")
 def bg() -> Iterator[BlueGreenSite]:
-    sandbox = BlueGreenSite.create(health_timeout="5s", keep_mysite=True)  # mysite: a worker
+    # mysite: a worker. The shipped setup: Nginx reaches the colour <root>/run/live.sock names.
+    sandbox = BlueGreenSite.create(health_timeout="5s", keep_mysite=True, publish=True)
     try:
         yield sandbox
     finally:
@@ -49,6 +50,14 @@ def once(bg: BlueGreenSite) -> subprocess.CompletedProcess[str]:
     return bg.site.watcher("--once", timeout=240)
 
 
+def published(bg: BlueGreenSite) -> str:
+    """The colour the link Nginx connects to names ("" for none)."""
+    try:
+        return Path(os.readlink(bg.site.root / "run" / "live.sock")).stem
+    except OSError:
+        return ""
+
+
 def test_first_deploy_starts_blue(bg: BlueGreenSite) -> None:
     """The first deploy starts blue only, on the new release, and records blue as live."""
     sha = bg.site.head()
@@ -57,7 +66,7 @@ def test_first_deploy_starts_blue(bg: BlueGreenSite) -> None:
     assert bg.statename("blue") == "RUNNING"
     assert bg.statename("green") == "STOPPED"
     assert bg.served("blue") == sha
-    assert bg.recorded_colour() == "blue"
+    assert bg.recorded_colour() == "blue" and published(bg) == "blue"
 
 
 def test_code_only_change_reloads_the_live_colour_rolling(bg: BlueGreenSite) -> None:
@@ -87,7 +96,7 @@ def test_venv_change_swaps_to_green(bg: BlueGreenSite) -> None:
     assert bg.statename("green") == "RUNNING"
     assert bg.served("green") == sha
     assert bg.statename("blue") == "STOPPED"
-    assert bg.recorded_colour() == "green"
+    assert bg.recorded_colour() == "green" and published(bg) == "green"
     assert bg.site.state()["last_check"]["result"] == "deployed"
     assert bg.site.master_pid() != worker
     assert bg.site.served_revision() == sha
@@ -127,7 +136,8 @@ def test_unhealthy_idle_colour_rolls_back_with_the_old_colour_serving(
     assert bg.program("blue")["pid"] == blue_pid
     assert bg.served("blue") == old_sha
     assert bg.site.live_release() == live
-    assert bg.recorded_colour() == "blue"
+    assert bg.recorded_colour() == "blue" and published(bg) == "blue"
+    assert "bluegreen.published" not in res.stderr  # green was never reachable from Nginx
     assert "bluegreen.kept" in [e.get("event") for e in log_events(res.stderr)]
     assert "failed 3 times in a row" in bg.site.state()["history"][-1]["error"]["message"]
     bg.site.commit({"pages/views.py": views}, "Fix the health check")
@@ -151,16 +161,22 @@ def test_supervisord_wins_over_state_for_the_live_colour(bg: BlueGreenSite) -> N
     assert bg.program(running)["pid"] == pid
     assert settled(bg, running, sha) == sha
     assert bg.statename(recorded) == "STOPPED"
-    assert bg.recorded_colour() == running
-    assert "bluegreen.state_disagrees" in [e.get("event") for e in log_events(res.stderr)]
+    assert bg.recorded_colour() == running and published(bg) == running
+    events = [e.get("event") for e in log_events(res.stderr)]
+    assert "bluegreen.state_disagrees" in events
+    assert "bluegreen.republish" in events  # the link named the stopped colour
 
 
 def test_both_colours_running_converges_on_the_recorded_one(bg: BlueGreenSite) -> None:
-    """With both colours up (a kill between a start and a stop), a code-only deploy reloads
-    the recorded colour in place and stops the other, so one version serves."""
+    """With both colours up and the link on the other one (a kill between the link's
+    re-pointing and the old colour's stop), a code-only deploy reloads the recorded colour in
+    place, points the link back at it and only then stops the other, so one version serves."""
     live = bg.recorded_colour()
     other = "green" if live == "blue" else "blue"
     bg.site.sv.rpc().startProcess(f"mysite_{other}", True)
+    link = bg.site.root / "run" / "live.sock"
+    link.unlink()
+    link.symlink_to(bg.site.root / "run" / f"{other}.sock")
     pid = bg.program(live)["pid"]
     sha = bg.site.commit({"pages/about.txt": "both\n"}, "Code-only with both colours up")
     res = once(bg)
@@ -168,7 +184,7 @@ def test_both_colours_running_converges_on_the_recorded_one(bg: BlueGreenSite) -
     assert bg.program(live)["pid"] == pid
     assert settled(bg, live, sha) == sha
     assert bg.statename(other) == "STOPPED"
-    assert bg.recorded_colour() == live
+    assert bg.recorded_colour() == live and published(bg) == live
 
 
 def test_kill_mid_swap_recovers_to_one_colour(bg: BlueGreenSite) -> None:
@@ -194,7 +210,7 @@ def test_kill_mid_swap_recovers_to_one_colour(bg: BlueGreenSite) -> None:
     bg.set_reload("auto")
     assert res.returncode == 0, tail(res)
     up = [c for c in ("blue", "green") if bg.statename(c) == "RUNNING"]
-    assert up == [bg.recorded_colour()]
+    assert up == [bg.recorded_colour()] == [published(bg)]
     assert settled(bg, up[0], sha) == sha
     assert "recover.switch_back" in [e.get("event") for e in log_events(res.stderr)]
 

@@ -11,6 +11,7 @@ from support.fixtures import run_cli
 from test_config import cfg, error_of
 
 WHERE = "/etc/watcher/t.toml"
+BG = {"programs": ["b", "g"], "health_urls": ["http://127.0.0.1:1/", "http://127.0.0.1:2/"]}
 
 
 @pytest.mark.parametrize(("sections", "key"), [
@@ -33,6 +34,15 @@ WHERE = "/etc/watcher/t.toml"
     ({"report": {"url": "logs.example.com/ingest"}}, "report.url"),
     ({"bluegreen": {"programs": ["b", "g"], "health_urls": ["http://127.0.0.1:1/", "x"]}},
      "bluegreen.health_urls"),
+    ({"bluegreen": {**BG, "sockets": ["/srv/s/run/blue.sock", "/srv/s/run/green.sock"]}},
+     "bluegreen.publish"),
+    ({"bluegreen": {**BG, "publish": "/srv/s/run/live.sock"}}, "bluegreen.sockets"),
+    ({"bluegreen": {**BG, "sockets": ["run/blue.sock", "/srv/s/run/green.sock"],
+                    "publish": "/srv/s/run/live.sock"}}, "bluegreen.sockets"),
+    ({"bluegreen": {**BG, "sockets": ["/srv/s/run/blue.sock", "/srv/s/run/green.sock"],
+                    "publish": "/srv/s/run/blue.sock"}}, "bluegreen.publish"),
+    ({"bluegreen": {**BG, "sockets": ["/srv/s/run/blue.sock", "/srv/s/run/green.sock"],
+                    "publish": "/srv/" + "s" * 120 + "/live.sock"}}, "bluegreen.publish"),
     ({"git": {"branch": " "}}, "git.branch"),
     ({"git": {"branch": "main branch"}}, "git.branch"),
     ({"git": {"branch": "-main"}}, "git.branch"),
@@ -57,6 +67,8 @@ def test_bad_values_are_config_errors_naming_key_and_file(sections: dict[str, An
     {"build": {"shared": [".env", "media", "var/media"]}},
     {"health": {"url": "https://example.com/healthz"}},
     {"webhook": {"listen": "[::1]:0"}},
+    {"bluegreen": {**BG, "sockets": ["/srv/s/run/blue.sock", "/srv/s/run/green.sock"],
+                   "publish": "/srv/s/run/live.sock"}},
     {"git": {"remote": "ssh://git@github.com:22/acme/site.git"}},
     {"git": {"remote": "http://127.0.0.1:8080/acme/site.git", "token_file": "/etc/t"}},
     {"git": {"remote": "https://git.example.com/acme/site.git", "token_file": "/etc/t"}},

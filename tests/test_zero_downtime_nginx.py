@@ -1,11 +1,16 @@
-"""Zero downtime through a real Nginx (the shipped examples/nginx/mysite.conf): steady load
-during a blue/green deploy drops nothing, and the same load during a plain stop+start of
-the only upstream does drop requests, which shows the load can see a failure.
-Runtime: about 50 s on two cores (two venv builds, three short load runs).
+"""Zero downtime through a real Nginx (the shipped examples/nginx/mysite.conf, whose upstream
+is the published socket `<root>/run/live.sock`): steady load during a rolling reload and a
+blue/green swap drops nothing; a release broken only under Gunicorn never gets a request from
+Nginx (its colour is health-checked before the link names it); a link that reaches nothing
+is re-pointed by the next run; and the same load during a plain stop+start of the only
+upstream does drop requests, which shows the load can see a failure.
+Runtime: about 70 s on two cores (two venv builds, a few short load runs).
 """
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,11 +24,18 @@ from watcher.parts.gunicorn import Workers, workers
 
 pytestmark = pytest.mark.slow
 RATE = 120  # requests per second, from 4 threads over keep-alive connections
+PUBLISHED: list[int] = []  # Nginx's upstream as shipped: the published socket
+HEALTHZ_OK = '''def healthz(request: HttpRequest) -> HttpResponse:
+    """Liveness for watcher and load balancers; never touches the database."""
+'''
+ONLY_UNDER_GUNICORN = HEALTHZ_OK + (
+    '    if request.META.get("SERVER_SOFTWARE", "").startswith("gunicorn"):\n'
+    '        raise RuntimeError("broken only when served by Gunicorn")\n')
 
 
 @pytest.fixture(scope="module")
 def bg() -> Iterator[BlueGreenSite]:
-    sandbox = BlueGreenSite.create(health_timeout="10s")
+    sandbox = BlueGreenSite.create(health_timeout="10s", publish=True, access_logs=True)
     try:
         res = sandbox.site.watcher("--once", timeout=240)
         assert res.returncode == 0, res.stderr[-3000:]
@@ -36,6 +48,11 @@ def tail(res: subprocess.CompletedProcess[str]) -> str:
     return f"exit {res.returncode}\nstderr: {res.stderr[-3000:]}"
 
 
+def link(bg: BlueGreenSite) -> str:
+    """The colour <root>/run/live.sock names."""
+    return Path(os.readlink(bg.site.root / "run" / "live.sock")).stem
+
+
 def test_code_only_rolling_reload_under_load_drops_nothing(bg: BlueGreenSite,
                                                           tmp_path: Path) -> None:
     """Load through Nginx across a code-only deploy (a rolling reload of the live colour:
@@ -44,7 +61,7 @@ def test_code_only_rolling_reload_under_load_drops_nothing(bg: BlueGreenSite,
     colour = bg.recorded_colour()
     master = bg.program(colour)["pid"]
     new = bg.site.commit({"pages/about.txt": "code only\n"}, "A code-only change")
-    with Nginx(tmp_path / "nginx", [bg.ports["blue"], bg.ports["green"]], bg.site.root) as nx:
+    with Nginx(tmp_path / "nginx", PUBLISHED, bg.site.root) as nx:
         load = Load(nx.url + "/healthz", rate=RATE, max_seconds=60).start()
         try:
             res = bg.site.watcher("--once", timeout=120)
@@ -68,11 +85,13 @@ def test_code_only_rolling_reload_under_load_drops_nothing(bg: BlueGreenSite,
 
 def test_bluegreen_deploy_under_load_drops_nothing(bg: BlueGreenSite, tmp_path: Path) -> None:
     """Load through Nginx across a venv-changing deploy: blue hands over to green with zero
-    failed requests, and answers name the old sha and then the new one."""
+    failed requests, answers name the old sha and then the new one, and the link is pointed
+    at green only after green passed its health check."""
     old = bg.site.head()
+    assert link(bg) == "blue"
     reqs = bg.site.read("requirements.txt")
     new = bg.site.commit({"requirements.txt": reqs + "# new venv\n"}, "Change requirements")
-    with Nginx(tmp_path / "nginx", [bg.ports["blue"], bg.ports["green"]], bg.site.root) as nx:
+    with Nginx(tmp_path / "nginx", PUBLISHED, bg.site.root) as nx:
         load = Load(nx.url + "/healthz", rate=RATE, max_seconds=120).start()
         try:
             res = bg.site.watcher("--once", timeout=240)
@@ -84,9 +103,76 @@ def test_bluegreen_deploy_under_load_drops_nothing(bg: BlueGreenSite, tmp_path: 
           f"p99 {result.p99() * 1000:.1f} ms")
     assert res.returncode == 0, tail(res)
     assert bg.statename("green") == "RUNNING" and bg.statename("blue") == "STOPPED"
+    assert link(bg) == "green"
+    assert res.stderr.index("bluegreen.healthy") < res.stderr.index("bluegreen.published")
+    assert res.stderr.index("bluegreen.published") < res.stderr.index("bluegreen.swapped")
     assert result.failed == 0, f"{result.errors}; nginx: {log}"
     assert result.total >= 300
     assert result.bodies.get(f"ok {old}", 0) > 0 and result.bodies.get(f"ok {new}", 0) > 0
+
+
+def test_release_broken_under_gunicorn_never_gets_a_request_from_nginx(
+        bg: BlueGreenSite, tmp_path: Path) -> None:
+    """A /healthz that fails only when Gunicorn serves it (the smoke requests cannot see it),
+    deployed as a blue/green swap under load: the idle colour fails its health check on its
+    own port, the link never names it, and Nginx sends it nothing: 0 5xx, every request
+    served by the old release. Its access log shows the health check's requests (over TCP)
+    and none from Nginx (over the socket)."""
+    live, old = bg.recorded_colour(), bg.site.head()
+    idle = "green" if live == "blue" else "blue"
+    views = bg.site.read("pages/views.py")
+    assert HEALTHZ_OK in views, "the example's healthz view changed: update HEALTHZ_OK"
+    bg.set_reload("bluegreen")
+    bad = bg.site.commit({"pages/views.py": views.replace(HEALTHZ_OK, ONLY_UNDER_GUNICORN)},
+                         "A healthz that fails under Gunicorn")
+    access = bg.access_log(idle)
+    access.unlink(missing_ok=True)
+    try:
+        with Nginx(tmp_path / "nginx", PUBLISHED, bg.site.root) as nx:
+            load = Load(nx.url + "/healthz", rate=RATE, max_seconds=120).start()
+            try:
+                res = bg.site.watcher("--once", timeout=240)
+                time.sleep(0.5)
+            finally:
+                result = load.stop()
+    finally:
+        bg.set_reload("auto")
+    assert res.returncode == 1, tail(res)
+    assert bg.site.state()["history"][-1]["to_sha"] == bad
+    assert "bluegreen.published" not in res.stderr
+    assert link(bg) == live and bg.statename(idle) == "STOPPED"
+    assert result.server_errors == [] and result.failed == 0, result.errors
+    assert set(result.bodies) == {f"ok {old}"}, result.bodies
+    lines = access.read_text().splitlines()
+    checked = [ln for ln in lines if ln.startswith("127.0.0.1 ")]
+    assert checked and all(" 500 " in ln for ln in checked), lines[:5]
+    assert len(checked) == len(lines), f"requests from Nginx reached {idle}: {lines}"
+    bg.site.commit({"pages/views.py": views}, "A good healthz again")
+    res = bg.site.watcher("--once", timeout=240)
+    assert res.returncode == 0, tail(res)
+
+
+def test_a_link_that_reaches_nothing_is_pointed_at_the_running_colour(
+        bg: BlueGreenSite, tmp_path: Path) -> None:
+    """After a reboot only blue autostarts, and the link may name the colour that no longer
+    runs (or be gone, /run being a tmpfs): the next `watcher --once`, with nothing to deploy,
+    points it at the running colour and Nginx serves again."""
+    live = bg.recorded_colour()
+    idle = "green" if live == "blue" else "blue"
+    path = bg.site.root / "run" / "live.sock"
+    path.unlink()
+    path.symlink_to(bg.site.root / "run" / f"{idle}.sock")
+    res = bg.site.watcher("--once", timeout=120)
+    assert res.returncode == 0, tail(res)
+    assert "bluegreen.republish" in res.stderr
+    assert link(bg) == live
+    with Nginx(tmp_path / "nginx", PUBLISHED, bg.site.root) as nx:
+        load = Load(nx.url + "/healthz", rate=RATE, max_seconds=5).start()
+        time.sleep(1.0)
+        result = load.stop()
+    assert result.failed == 0 and result.ok > 0, result.errors
+    res = bg.site.watcher("--once", timeout=120)  # a link that answers is left alone
+    assert res.returncode == 0 and "bluegreen.republish" not in res.stderr, tail(res)
 
 
 def test_plain_restart_under_load_drops_requests(bg: BlueGreenSite, tmp_path: Path) -> None:
@@ -112,10 +198,13 @@ def test_plain_restart_under_load_drops_requests(bg: BlueGreenSite, tmp_path: Pa
 
 def test_bluegreen_ready_url_ends_the_settle_without_loss(bg: BlueGreenSite,
                                                           tmp_path: Path) -> None:
-    """With bluegreen.ready_url (the health path through Nginx), the swap stops the old
-    colour as soon as Nginx serves the new sha, before the fixed settle, and drops nothing.
-    (Last in this module: it swaps the colours the tests above expect.)"""
+    """The two-port setup (both ports in Nginx's upstream, no bluegreen.publish): with
+    bluegreen.ready_url (the health path through Nginx), the swap stops the old colour as
+    soon as Nginx serves the new sha, before the fixed settle, and drops nothing.
+    (Last in this module: it swaps the colours and drops the publish keys.)"""
     old_colour = bg.recorded_colour()
+    text = bg.site.config.read_text()
+    bg.site.config.write_text(re.sub(r"^(sockets|publish) = .*\n", "", text, flags=re.M))
     reqs = bg.site.read("requirements.txt")
     new = bg.site.commit({"requirements.txt": reqs + "# ready_url\n"}, "Requirements again")
     with Nginx(tmp_path / "nginx", [bg.ports["blue"], bg.ports["green"]], bg.site.root) as nx:
@@ -127,6 +216,7 @@ def test_bluegreen_ready_url_ends_the_settle_without_loss(bg: BlueGreenSite,
         finally:
             result = load.stop()
             bg.set_ready_url("")
+            bg.site.config.write_text(text)
         log = nx.log_tail()
     print(f"\nready_url swap under load: {result.total} requests, {result.failed} failed, "
           f"p99 {result.p99() * 1000:.1f} ms")

@@ -116,6 +116,11 @@ class BlueGreenConfig:
     # settle ends as soon as Nginx answers it with the new sha (so Nginx routes to the new
     # colour again), at most `settle` (issue 12).
     ready_url: str = ""
+    # Optional, together: each colour's own unix socket (besides its port), and the path
+    # Nginx's upstream names, a symlink watcher points at the live colour's socket once that
+    # colour passed its health check (issue 17). With them no settle is needed.
+    sockets: tuple[str, ...] = ()
+    publish: str = ""
 
 
 @dataclass(frozen=True)
@@ -365,6 +370,8 @@ def _check(cfg: Config) -> None:
         raise ConfigError(
             f"{p}: bluegreen.programs and bluegreen.health_urls need two entries each"
         )
+    if bg is not None:
+        rules.published_socket(f"{p}: bluegreen", bg.sockets, bg.publish)
     if cfg.supervisor.reload == "bluegreen" and bg is None:
         raise ConfigError(f"{p}: supervisor.reload = \"bluegreen\" needs a [bluegreen] section")
     if not cfg.supervisor.programs and bg is None:

@@ -114,3 +114,25 @@ def _split(where: str, value: str) -> SplitResult:
     except ValueError as exc:
         raise ConfigError(f"{where}: {scrub(value)!r} is not a valid URL ({exc})") from None
     return parts
+
+
+# The longest path a unix socket can have (sun_path is 108 bytes, with its NUL).
+MAX_SOCKET_PATH = 107
+
+
+def published_socket(where: str, sockets: tuple[str, ...], publish: str) -> None:
+    """bluegreen.sockets and bluegreen.publish: both or neither; absolute, distinct, and
+    short enough for a unix socket."""
+    if not sockets and not publish:
+        return
+    if not publish or len(sockets) != 2:
+        raise ConfigError(f"{where}.sockets (two paths, one per colour) and {where}.publish "
+                          "go together: set both, or neither")
+    for key, path in [("sockets", s) for s in sockets] + [("publish", publish)]:
+        if not PurePosixPath(path).is_absolute():
+            raise ConfigError(f"{where}.{key}: {path!r} must be an absolute path")
+        if len(path.encode()) > MAX_SOCKET_PATH:
+            raise ConfigError(f"{where}.{key}: {path!r} is longer than a unix socket path "
+                              f"can be ({MAX_SOCKET_PATH} bytes)")
+    if len({*sockets, publish}) != 3:
+        raise ConfigError(f"{where}.sockets and {where}.publish must be three different paths")

@@ -6,7 +6,10 @@ into the sandbox, so what the tests prove is what operators install:
     with Nginx(tmp, upstreams=[8001, 8002], root=site.root) as nginx:
         urllib.request.urlopen(nginx.url + "/healthz")
 
-`upstreams` replaces the blue/green pair (one port for a single-program setup).
+The shipped upstream is the published socket (`bluegreen.publish`, `<root>/run/live.sock`
+once /srv/mysite is moved into the sandbox): `upstreams=[]` keeps it. Ports instead give the
+two-port setup (without `publish`), with the server parameters the shipped file documents
+for it (one port for a single-program setup).
 """
 
 from __future__ import annotations
@@ -36,12 +39,15 @@ NGINX_BIN = Path(shutil.which("nginx") or "/usr/sbin/nginx")
 def render_site(upstreams: Sequence[int], port: int, root: Path, hooks_port: int = 9090) -> str:
     """The shipped server config with test ports and the sandbox's app root."""
     text = SITE_CONF.read_text(encoding="utf-8")
-    servers = re.findall(r"^\s*server 127\.0\.0\.1:\d+ (.*?);.*$", text, flags=re.M)
-    if not servers:
-        raise RuntimeError(f"{SITE_CONF}: no upstream server lines")
-    params = servers[0]
-    lines = "".join(f"    server 127.0.0.1:{p} {params};\n" for p in upstreams)
-    text = re.sub(r"(?:^\s*server 127\.0\.0\.1:\d+ .*\n)+", lines, text, flags=re.M)
+    if upstreams:
+        ports = re.findall(r"^[#\s]*server 127\.0\.0\.1:\d+ (.*?);.*$", text, flags=re.M)
+        if not ports:
+            raise RuntimeError(f"{SITE_CONF}: no two-port upstream lines to take parameters from")
+        lines = "".join(f"    server 127.0.0.1:{p} {ports[0]};\n" for p in upstreams)
+        text, n = re.subn(r"(?:^[ \t]*server (?:unix:|127\.0\.0\.1:).*\n)+", lines, text,
+                          count=1, flags=re.M)
+        if n != 1:
+            raise RuntimeError(f"{SITE_CONF}: no active upstream server lines")
     text = re.sub(r"^\s*listen \[::\]:80;\n", "", text, flags=re.M)
     text = re.sub(r"listen 80;", f"listen 127.0.0.1:{port};", text)
     text = text.replace("127.0.0.1:9090", f"127.0.0.1:{hooks_port}")
@@ -159,20 +165,33 @@ class BlueGreenSite:
     ports: dict[str, int]
 
     @classmethod
-    def create(cls, reload: str = "auto", keep_mysite: bool = False,
-               **site_kwargs: Any) -> BlueGreenSite:
+    def create(cls, reload: str = "auto", keep_mysite: bool = False, publish: bool = False,
+               access_logs: bool = False, **site_kwargs: Any) -> BlueGreenSite:
+        """`publish`: each colour also binds `<root>/run/<colour>.sock` and watcher publishes
+        the live one as `<root>/run/live.sock` (the shipped setup; Nginx with upstreams=[]).
+        `access_logs`: each colour's Gunicorn writes one (`access_log(colour)`)."""
         ports = {"blue": free_port(), "green": free_port()}
         urls = ", ".join(f'"http://127.0.0.1:{p}/healthz"' for p in ports.values())
         extra = (f'\n[bluegreen]\nprograms = ["mysite_blue", "mysite_green"]\n'
                  f"health_urls = [{urls}]\n")
         site = Site(extra_config=extra, **site_kwargs)
         try:
-            cur = site.root / "current"
+            cur, run = site.root / "current", site.root / "run"
+            if publish:
+                socks = ", ".join(f'"{run}/{colour}.sock"' for colour in ports)
+                keys = f'sockets = [{socks}]\npublish = "{run}/live.sock"\n'
+                text = site.config.read_text().replace("[bluegreen]\n", "[bluegreen]\n" + keys)
+                site.config.write_text(text)
             for colour, port in ports.items():
+                binds = (f" --bind 127.0.0.1:{port} --bind unix:{run}/{colour}.sock"
+                         if publish else "")
                 site.sv.add_program(f"mysite_{colour}", (
-                    f"command={cur}/.venv/bin/gunicorn --chdir {cur} -c {cur}/gunicorn.conf.py\n"
+                    f"command={cur}/.venv/bin/gunicorn --chdir {cur} -c {cur}/gunicorn.conf.py"
+                    f"{binds}\n"
                     f'environment=GUNICORN_BIND="127.0.0.1:{port}",GUNICORN_WORKERS="2",'
-                    f'GUNICORN_PROC_NAME="mysite_{colour}"\n'
+                    f'GUNICORN_PROC_NAME="mysite_{colour}"'
+                    + (f',GUNICORN_ACCESS_LOG="{site.base}/access-{colour}.log"'
+                       if access_logs else "") + "\n"
                     "autostart=false\nautorestart=true\nstartsecs=1\nstartretries=1\n"
                     "stopsignal=TERM\nstopwaitsecs=25\nstopasgroup=true\nkillasgroup=true\n"))
             text = site.config.read_text()
@@ -199,6 +218,10 @@ class BlueGreenSite:
         if url:
             text = text.replace("[bluegreen]\n", f'[bluegreen]\nready_url = "{url}"\n')
         self.site.config.write_text(text)
+
+    def access_log(self, colour: str) -> Path:
+        """That colour's Gunicorn access log (with `access_logs`)."""
+        return self.site.base / f"access-{colour}.log"
 
     def program(self, colour: str) -> dict[str, Any]:
         info: dict[str, Any] = self.site.sv.rpc().getProcessInfo(f"mysite_{colour}")

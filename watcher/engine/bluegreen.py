@@ -10,7 +10,15 @@ come up healthy it is stopped again and the old colour, never touched, keeps ser
 `SwapAbandoned` error names it, and the rollback that follows passes it back as `keep`, so
 it only has to switch `current` back.
 
-A code-only change HUPs the live colour: Gunicorn forks fresh workers from the new release.
+With `bluegreen.publish` (the shipped setup), Nginx's upstream is not the two ports but one
+path, a symlink to the live colour's own unix socket (parts/publish.py). The swap points it at
+the idle colour only after that colour passed its health check, waits `DRAIN_S` for the
+connections made just before, and stops the old colour: Nginx never reaches a colour watcher
+has not checked, and no settle is needed. Before any colour is stopped the link is pointed
+at the one kept, and `reconcile` re-points a link that reaches no socket (after a reboot).
+
+A code-only change reloads the live colour in place (HUP or rolling): Gunicorn starts fresh
+workers from the new release.
 
 Which colour is live: the one state.json recorded, checked against Supervisord, which wins.
 After a reboot only the autostart colour runs (see supervisor/conf.d-bluegreen/), whatever
@@ -36,6 +44,7 @@ from watcher.config import Config
 from watcher.engine.rolling import reload_program
 from watcher.errors import StepFailed, WatcherError
 from watcher.parts.health import wait_healthy
+from watcher.parts.publish import SocketLink
 from watcher.parts.supervisor_rpc import RUNNING, STOPPED_STATES, Supervisor
 
 log = structlog.get_logger()
@@ -49,6 +58,10 @@ NAMES = ("blue", "green")
 # Supervisord SIGKILLs a program after its stopwaitsecs (30 in the shipped configs); wait a
 # little longer than that for the old colour's graceful stop.
 STOP_TIMEOUT_S = 45.0
+# With `bluegreen.publish`: after the link names the new colour, the old one keeps its
+# listener this long before it is stopped, so connections Nginx made just before the rename
+# are accepted and served, not reset by the stop.
+DRAIN_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -79,6 +92,8 @@ class BlueGreen:
         self.colours = tuple(Colour(n, p, u) for n, p, u in
                              zip(NAMES, bg.programs, bg.health_urls, strict=True))
         self.settle = bg.settle
+        self.link = (SocketLink(bg.publish, dict(zip(NAMES, bg.sockets, strict=True)))
+                     if bg.publish else None)
 
     # -- queries -------------------------------------------------------------------------
     def by_name(self, name: str) -> Colour | None:
@@ -125,15 +140,39 @@ class BlueGreen:
                 reload_program(sup, live.program, "rolling" if mode == "rolling" else "hup",
                                self.cfg.supervisor.start_timeout)
                 log.info("bluegreen.reloaded", colour=live.name, program=live.program, mode=mode)
+            self.publish(live)
             for colour in extra:
                 sup.stop(colour.program, STOP_TIMEOUT_S)
         return live.name
 
+    def publish(self, colour: Colour) -> None:
+        """Point `bluegreen.publish` at `colour` (no-op without it, or when it already
+        does): from the next connect on, Nginx reaches only that colour."""
+        if self.link is not None and self.link.point(colour.name):
+            log.info("bluegreen.published", colour=colour.name, path=str(self.link.path))
+
+    def unpublished(self) -> bool:
+        """Does the published link reach no listening socket (after a reboot only blue
+        autostarts and the link may name green; a colour crashed)? One local connect."""
+        return self.link is not None and not self.link.answers()
+
+    def reconcile(self, sup: Supervisor, recorded: str) -> None:
+        """Point the published link at the colour that runs."""
+        live, _ = self.find_live(sup, recorded)
+        if live is not None:
+            log.warning("bluegreen.republish", colour=live.name,
+                        reason="the published socket did not answer")
+            self.publish(live)
+
     def _swap(self, sup: Supervisor, live: Colour | None, sha: str, recorded: str) -> Colour:
         idle = self.other(live) if live else (self.by_name(recorded) or self.colours[0])
         log.info("bluegreen.start", idle=idle.name, live=live.name if live else None)
+        if live is not None:
+            self.publish(live)  # a killed swap may have left the link on the idle colour
         if sup.info(idle.program).statename not in STOPPED_STATES:
             sup.stop(idle.program, STOP_TIMEOUT_S)  # STARTING/BACKOFF leftovers: start afresh
+        if self.link is not None:
+            self.link.prepare()
         try:
             sup.start(idle.program, self.cfg.supervisor.start_timeout)
             took = self.check(idle, sha)
@@ -147,8 +186,12 @@ class BlueGreen:
                                 f"release, {live.name if live else 'nothing'} keeps serving: "
                                 f"{message}", serving=live.name if live else "") from exc
         log.info("bluegreen.healthy", colour=idle.name, seconds=round(took, 2))
+        self.publish(idle)  # only now can Nginx reach it
         if live is not None:
-            self._settle(sha)
+            if self.link is not None:
+                time.sleep(DRAIN_S)
+            else:
+                self._settle(sha)
             sup.stop(live.program, STOP_TIMEOUT_S)
             log.info("bluegreen.swapped", live=idle.name, stopped=live.name)
         return idle

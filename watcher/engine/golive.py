@@ -79,6 +79,15 @@ class Switcher:
                 reload_program(sup, program, mode, self.cfg.supervisor.start_timeout)
         return colour if self.bluegreen is not None else ""
 
+    def reconcile(self, colour: str) -> None:
+        """With `bluegreen.publish`: a link that reaches no socket is pointed at the colour
+        Supervisord runs (`colour`: the one state.json records). Asks Supervisord only then."""
+        bg = self.bluegreen
+        if bg is None or not bg.unpublished():
+            return
+        with self.supervisor() as sup:
+            bg.reconcile(sup, colour)
+
     def serving_workers(self) -> procs.Snapshot:
         """The workers of every web program's Gunicorn master now: after a reload, the old
         code serves until all of them are gone (step 12b waits for that)."""

@@ -54,6 +54,11 @@ def recover(cfg: Config, layout: Layout, switcher: Switcher, journal: Journal,
         linked = live.name
     if state.contract:
         _contract(cfg, layout, journal, state)
+    try:
+        record = state.live_record()
+        switcher.reconcile(record.colour if record else "")
+    except WatcherError as exc:
+        log.warning("recover.republish_failed", error=str(exc))
     known = set(state.releases) | ({linked} if linked else set())
     for name in layout.names():
         if name not in known:

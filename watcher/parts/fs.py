@@ -84,6 +84,19 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def point_link(link: Path, target: str) -> None:
+    """Make `link` a symlink to `target` atomically: a temp link beside it (named by our
+    pid) renamed over it, then the directory fsynced. Whoever resolves `link` sees the old
+    target or the new one, never none. Crash point: a kill before the rename leaves `link`
+    as it was and a stray `.<name>-<pid>` link, which the next call with that pid replaces."""
+    tmp = link.with_name(f".{link.name}-{os.getpid()}")
+    if tmp.is_symlink():
+        tmp.unlink()
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+    fsync_dir(link.parent)
+
+
 def write_new(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Write `data` to a new file at `path`, after removing whatever the name held (a file,
     a symlink, a directory), and with O_EXCL | O_NOFOLLOW: a link put there in between is

@@ -12,7 +12,7 @@ from pathlib import Path
 import structlog
 
 from watcher.errors import StepFailed
-from watcher.parts.fs import discard, fsync_dir, remove, symlink_above
+from watcher.parts.fs import discard, point_link, remove, symlink_above
 
 __all__ = ["Layout", "discard", "hardlink_tree", "link_shared", "prune", "release_name",
            "remove", "switch"]
@@ -127,12 +127,7 @@ def switch(layout: Layout, name: str) -> None:
     """
     if not layout.release(name).is_dir():
         raise StepFailed("switch", f"release {name} does not exist")
-    tmp = layout.root / f".current-{os.getpid()}"
-    if tmp.is_symlink():
-        tmp.unlink()
-    os.symlink(os.path.join("releases", name), tmp)
-    os.replace(tmp, layout.current)
-    fsync_dir(layout.root)
+    point_link(layout.current, os.path.join("releases", name))
 
 
 def prune(layout: Layout, keep: int, protect: Iterable[str | None], *,
