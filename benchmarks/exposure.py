@@ -1,7 +1,8 @@
 """How long a broken release is served with 5xx under load (issue 17), in one sandbox.
 
 A blue/green pair of the example site (tests/support BlueGreenSite) behind a real Nginx
-(the shipped examples/nginx/mysite.conf), steady GETs of /healthz through Nginx
+(the shipped examples/nginx/mysite.conf: its upstream is the socket `bluegreen.publish`
+names, which watcher points at a colour only after its health check), steady GETs of /healthz through Nginx
 (tests/support/load.py, ~RATE req/s), and `watcher --once` deploying:
 
 - `gunicorn`: a /healthz that fails only when served by Gunicorn (the smoke requests, which
@@ -131,8 +132,8 @@ def rows(bg: BlueGreenSite, url: str) -> list[list[str]]:
 
 
 def run(cases: list[tuple[str, str]]) -> list[Case]:
-    bg = BlueGreenSite.create(health_timeout=HEALTH_TIMEOUT)
-    nginx = Nginx(bg.site.base / "nginx", list(bg.ports.values()), bg.site.root)
+    bg = BlueGreenSite.create(health_timeout=HEALTH_TIMEOUT, publish=True)
+    nginx = Nginx(bg.site.base / "nginx", [], bg.site.root)  # upstream: the published socket
     try:
         ex = Exposure(bg, nginx.url)
         ex._deploy_good()

@@ -61,7 +61,7 @@ def steps_of_last_report(sb: Sandbox) -> str:
 def measure(sb: Sandbox) -> tuple[list[list[str]], list[str]]:
     notes: list[str] = []
     hooks = free_port()
-    nx_w = sb.front("watcher", [sb.bg.ports["blue"], sb.bg.ports["green"]], hooks)
+    nx_w = sb.front("watcher", [], hooks)  # the shipped upstream: the published socket
     nx_b = sb.front("baseline", [sb.base_port])
     print("a: deploy wall time", flush=True)
     code_w, code_b, req_w, req_b = [], [], [], []
@@ -90,15 +90,6 @@ def measure(sb: Sandbox) -> tuple[list[list[str]], list[str]]:
     sb.commit_code(300)
     load["code-swap"] = under_load(nx_w.url, sb.watcher_deploy)
     sb.bg.set_reload("auto")
-    # bluegreen.ready_url: the settle ends when Nginx serves the new sha (issue 12, item 4).
-    sb.bg.set_ready_url(nx_w.url + "/healthz")
-    ready_w: list[float] = []
-    sb.commit_requirements(300)
-    load["reqs-ready"] = under_load(nx_w.url, lambda: ready_w.append(sb.watcher_deploy())
-                                    or ready_w[-1])
-    notes.append(f"watcher requirements deploy with ready_url, steps (s): "
-                 f"{steps_of_last_report(sb)}")
-    sb.bg.set_ready_url("")
     print("a: venv builds", flush=True)
     builds = speed_bench.venv_builds()
     print("f: 20,000-file repository", flush=True)
@@ -141,9 +132,6 @@ def measure(sb: Sandbox) -> tuple[list[list[str]], list[str]]:
         ["b", "p99 latency during requirements deploy", ms(load["reqs-w"]),
          ms(load["reqs-b"]), f"{load['reqs-w'].p99_ms / load['calm-w'].p99_ms:.1f}x calm",
          "≤ 2x calm"],
-        ["b", "requirements deploy, settle ended by `bluegreen.ready_url`: wall, failed, p99",
-         f"{ready_w[0]:.2f} s, {fails(load['reqs-ready'])}, {ms(load['reqs-ready'])}", "n/a",
-         "instead of the fixed 2.5 s settle", "0 failed"],
         ["a", "venv build, example app: uv cold / warm cache",
          f"{builds['uv cold']:.2f} s / {builds['uv warm']:.2f} s", "n/a",
          "uv venv + uv pip install, local wheel cache", "warm ≤ 1.5 s"],

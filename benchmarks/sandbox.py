@@ -26,7 +26,8 @@ HERE = Path(__file__).resolve().parent
 
 class Sandbox:
     def __init__(self) -> None:
-        self.bg = BlueGreenSite.create(health_timeout="30s")
+        # The shipped setup: Nginx reaches the colour bluegreen.publish names.
+        self.bg = BlueGreenSite.create(health_timeout="30s", publish=True)
         self.site = self.bg.site
         self.nginx: list[Nginx] = []
         self.base_dir = self.site.base / "baseline"

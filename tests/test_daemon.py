@@ -22,9 +22,9 @@ from support.daemon import (
     post_github_push,
     proc_cmdline,
     wait_served,
+    webhook_site,
 )
 from support.site import Site
-from support.supervisord import free_port
 
 from watcher.errors import LockHeld
 from watcher.parts import lock
@@ -54,14 +54,7 @@ class Sandbox:
 
 @pytest.fixture(scope="module")
 def box(site_factory: Callable[..., Site], tmp_path_factory: pytest.TempPathFactory) -> Sandbox:
-    secret = tmp_path_factory.mktemp("secret") / "webhook.secret"
-    secret.write_text(SECRET + "\n")
-    port = free_port()
-    site = site_factory(extra_config=(
-        f'[webhook]\nlisten = "127.0.0.1:{port}"\nsecret_file = "{secret}"\n'))
-    first = site.watcher("--once")
-    assert first.returncode == 0, first.stderr[-3000:]
-    return Sandbox(site, port)
+    return Sandbox(*webhook_site(site_factory, tmp_path_factory.mktemp("secret"), SECRET))
 
 
 def stray_hooks(root: Path) -> list[int]:

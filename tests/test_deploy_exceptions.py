@@ -11,9 +11,8 @@ import time
 from collections.abc import Callable
 
 import pytest
-from support.daemon import CHECK_EVENTS, DaemonProcess, post_github_push
+from support.daemon import CHECK_EVENTS, DaemonProcess, post_github_push, webhook_site
 from support.site import Site, git
-from support.supervisord import free_port
 
 from watcher.daemon.loop import Hints
 
@@ -29,14 +28,7 @@ class Box:
 
 @pytest.fixture(scope="module")
 def box(site_factory: Callable[..., Site], tmp_path_factory: pytest.TempPathFactory) -> Box:
-    secret = tmp_path_factory.mktemp("secret") / "webhook.secret"
-    secret.write_text(SECRET + "\n")
-    port = free_port()
-    site = site_factory(extra_config=(
-        f'[webhook]\nlisten = "127.0.0.1:{port}"\nsecret_file = "{secret}"\n'))
-    first = site.watcher("--once")
-    assert first.returncode == 0, first.stderr[-3000:]
-    return Box(site, port)
+    return Box(*webhook_site(site_factory, tmp_path_factory.mktemp("secret"), SECRET))
 
 
 def planted_marker(line: str) -> str:
@@ -143,3 +135,22 @@ def test_hints_are_rate_limited_per_source_and_never_lost() -> None:
         stop.set()
         consumer.join()
 
+
+
+def test_a_held_back_hint_wakes_a_loop_waiting_for_its_next_poll() -> None:
+    """The loop waits for its next poll (a long timeout) when a hint inside the gap is held
+    back: it wakes as the gap ends, not at the poll (the bug fixed in 059fd38 kept it asleep
+    up to git.interval)."""
+    hints = Hints(gap=0.3)
+    hints.hint("github")
+    assert hints.wait(0.0) and hints.take_trigger() == "webhook:github"  # the check it started
+    woke: list[float] = []
+    waiter = threading.Thread(target=lambda: woke.append(hints.wait(30.0) and time.monotonic()))
+    waiter.start()
+    time.sleep(0.05)  # the loop is waiting now
+    sent = time.monotonic()
+    hints.hint("github")  # inside the gap: held back
+    waiter.join(timeout=10)
+    assert not waiter.is_alive() and woke and woke[0], "the held-back hint never woke the loop"
+    assert woke[0] - sent < 2.0, woke[0] - sent
+    assert hints.held_back == 1

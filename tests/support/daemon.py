@@ -185,3 +185,19 @@ def proc_cmdline(pid: int) -> list[str]:
 
 def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def webhook_site(site_factory: Callable[..., Site], secret_dir: Path,
+                 secret: str) -> tuple[Site, int]:
+    """A site with `[webhook]` on a free loopback port and `secret` in a file under
+    `secret_dir`, deployed once; returns it and the port."""
+    from support.supervisord import free_port
+
+    secret_file = secret_dir / "webhook.secret"
+    secret_file.write_text(secret + "\n")
+    port = free_port()
+    site = site_factory(extra_config=(
+        f'[webhook]\nlisten = "127.0.0.1:{port}"\nsecret_file = "{secret_file}"\n'))
+    first = site.watcher("--once")
+    assert first.returncode == 0, first.stderr[-3000:]
+    return site, port
