@@ -36,8 +36,8 @@ CELERY = Site(**{**FULLSTACK.__dict__, "celery": "mysite", "celery_beat": True})
 EXAMPLE_TOML = {
     "site_title": "the example site",
     "matching_files": "supervisor/supervisord.conf, supervisor/conf.d/mysite.conf",
-    "bluegreen_where": "# supervisor/conf.d-bluegreen/ instead of conf.d/mysite.conf, keep both"
-                       " ports in Nginx's\n# upstream (examples/nginx/mysite.conf does)",
+    "bluegreen_where": "# supervisor/conf.d-bluegreen/ instead of conf.d/mysite.conf and the"
+                       " upstream of\n# examples/nginx/mysite.conf (the published socket)",
     "health_note": 'the example app answers "ok <REVISION>"',
     "shared_note": "# Linked from /srv/mysite/shared/ into every release. The example app reads"
                    " .env (KEY=VALUE:\n# DJANGO_SECRET_KEY, MYSITE_ALLOWED_HOSTS) and keeps its"

@@ -232,20 +232,31 @@ def settled(bg: BlueGreenSite, colour: str, expected: str, timeout: float = 5.0)
 
 
 def test_shipped_bluegreen_configs_agree() -> None:
-    """The shipped blue/green programs bind the ports Nginx's upstream lists, run from the
-    `current` symlink, and exactly one of them starts with supervisord."""
+    """The shipped blue/green programs bind the ports of the health URLs and the sockets
+    the published link may name, run from the `current` symlink, and exactly one of them
+    starts with supervisord; Nginx's upstream names only the link (the two ports only in
+    the commented two-port alternative)."""
     root = Path(__file__).resolve().parents[1]
     nginx = (root / "examples" / "nginx" / "mysite.conf").read_text()
-    upstream = set(re.findall(r"^\s*server 127\.0\.0\.1:(\d+)", nginx, flags=re.M))
-    autostart, ports = [], set()
+    upstream = nginx[nginx.index("upstream mysite {"):]
+    upstream = upstream[:upstream.index("}")]
+    active = re.findall(r"^\s*server (\S+)", upstream, flags=re.M)
+    commented = set(re.findall(r"^\s*# server 127\.0\.0\.1:(\d+) ", upstream, flags=re.M))
+    autostart, ports, sockets = [], set(), set()
     for colour in ("blue", "green"):
         ini = configparser.ConfigParser(interpolation=None)
         ini.read(root / "supervisor" / "conf.d-bluegreen" / f"mysite_{colour}.conf")
         program = ini[f"program:mysite_{colour}"]
-        ports.add(re.findall(r'GUNICORN_BIND="127\.0\.0\.1:(\d+)"', program["environment"])[0])
+        binds = re.findall(r"--bind (\S+)", program["command"])
+        ports.add(binds[0].removeprefix("127.0.0.1:"))
+        sockets.add(binds[1])
+        assert binds == [binds[0], f"unix:/srv/mysite/run/{colour}.sock"]
+        assert "GUNICORN_BIND" not in program["environment"]  # the command line binds
         assert "--chdir /srv/mysite/current " in program["command"]
         assert "--preload" not in program["command"]
         assert int(program["stopwaitsecs"]) < STOP_TIMEOUT_S
         autostart.append(program.getboolean("autostart"))
-    assert ports == upstream == {"8001", "8002"}
+    assert active == ["unix:/srv/mysite/run/live.sock"] * 2
+    assert ports == commented == {"8001", "8002"}
+    assert sockets == {"unix:/srv/mysite/run/blue.sock", "unix:/srv/mysite/run/green.sock"}
     assert autostart == [True, False]

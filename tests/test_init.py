@@ -274,11 +274,42 @@ def test_settings_and_wsgi_flags_reach_the_programs() -> None:
     site = Site(app="mysite", root="/srv/mysite", remote="r", settings="mysite.settings_prod",
                 wsgi="mysite.wsgi_prod", settings_env=True, wsgi_arg=True, bluegreen=True)
     out = files(site)
-    for colour in ("blue", "green"):
+    for colour, port in (("blue", 8001), ("green", 8002)):
         program = out[f"supervisor/conf.d/mysite_{colour}.conf"]
-        assert "gunicorn.conf.py mysite.wsgi_prod:application\n" in program
+        assert (f"gunicorn.conf.py --bind 127.0.0.1:{port} --bind unix:/srv/mysite/run/"
+                f"{colour}.sock mysite.wsgi_prod:application\n") in program
         assert ('DJANGO_SETTINGS_MODULE="mysite.settings_prod",'
                 f'GUNICORN_PROC_NAME="mysite_{colour}"') in program
+
+
+def test_bluegreen_publishes_one_socket_to_nginx(tmp_path: Path) -> None:
+    """init --bluegreen: each colour binds its port and its own socket under the root, the
+    config names them and the published link, and Nginx's upstream is that link alone (the
+    two-port upstream only commented out), so Nginx reaches no colour watcher has not
+    checked."""
+    site = Site(app="shop", root="/srv/shop", remote="git@x:a/b.git", bluegreen=True,
+                app_user="shop")
+    out = files(site)
+    for colour, port in (("blue", 8001), ("green", 8002)):
+        program = out[f"supervisor/conf.d/shop_{colour}.conf"]
+        assert (f"command=/srv/shop/current/.venv/bin/gunicorn --chdir /srv/shop/current "
+                f"-c /srv/shop/current/gunicorn.conf.py --bind 127.0.0.1:{port} "
+                f"--bind unix:/srv/shop/run/{colour}.sock\n") in program
+        assert "GUNICORN_BIND" not in program.split(f"[program:shop_{colour}]")[1]
+    nginx = out["nginx/shop.conf"]
+    upstream = nginx[nginx.index("upstream shop_app {"):nginx.index("}", nginx.index("upstream"))]
+    active = [ln.strip() for ln in upstream.splitlines()[1:] if not ln.strip().startswith("#")]
+    assert active == ["server unix:/srv/shop/run/live.sock max_fails=0;"] * 2
+    assert "# server 127.0.0.1:8001 max_fails=3 fail_timeout=1s;" in upstream
+    assert "proxy_next_upstream_tries 2;" in nginx
+    path = tmp_path / "watcher.toml"
+    path.write_text(out["watcher.toml"])
+    bg = load(path, environ={}).bluegreen
+    assert bg is not None
+    assert bg.sockets == ("/srv/shop/run/blue.sock", "/srv/shop/run/green.sock")
+    assert bg.publish == "/srv/shop/run/live.sock"
+    # Two users: Gunicorn (shop) creates the sockets, watcher (deploy) the link, in one dir.
+    assert "install -d -o deploy -g shop -m 2770 /srv/shop/run" in out["NEXT-STEPS.md"]
 
 
 # -- the generated files, running --------------------------------------------------------

@@ -114,6 +114,7 @@ def context(site: Site, **overrides: Value) -> dict[str, Value]:
                 else f"mode 0600, owned by {s.user}")
     shared_note = (f"# Linked from {s.root}/shared/ into every release"
                    + (f": .env holds the settings' secrets ({env_mode})." if s.dotenv else "."))
+    bind = f"unix:{socket_dir}/gunicorn.sock" if s.socket else f"127.0.0.1:{s.port or 8000}"
     values: dict[str, Value] = {
         "app": s.app, "root": s.root, "user": s.user, "home": f"/home/{s.user}",
         "app_user": s.app_user or s.user, "app_home": f"/home/{s.app_user or s.user}",
@@ -122,8 +123,8 @@ def context(site: Site, **overrides: Value) -> dict[str, Value]:
         "watcher_bin": "/opt/watcher/bin/watcher", "config_path": f"{ETC}/watcher.toml",
         "log_dir": "/var/log/supervisor", "site_title": s.app,
         "matching_files": "supervisor/supervisord.conf, supervisor/conf.d/ (beside this file)",
-        "bluegreen_where": "# `watcher init --bluegreen --force` (it writes the pair, and both"
-                           " ports into Nginx's\n# upstream)",
+        "bluegreen_where": "# `watcher init --bluegreen --force` (it writes the pair, and their"
+                           " published socket as\n# Nginx's upstream)",
         "bluegreen_pair": "the blue/green pair (`watcher init --bluegreen`)",
         "zero_loss_ref": "", "users_doc": "NEXT-STEPS.md",
         "two_users": two_users, "env_mode": env_mode,
@@ -136,6 +137,9 @@ def context(site: Site, **overrides: Value) -> dict[str, Value]:
         "bluegreen": s.bluegreen, "socket": s.socket, "socket_dir": socket_dir,
         "port": str(s.port or 8000), "blue_port": "8001", "green_port": "8002",
         "health_port": "8000", "health_url": health_url, "health_path": health_path,
+        # Blue/green: each colour's own socket, and the link watcher publishes (issue 17).
+        "run_dir": f"{s.root}/run", "live_socket": f"{s.root}/run/live.sock",
+        "blue_socket": f"{s.root}/run/blue.sock", "green_socket": f"{s.root}/run/green.sock",
         "health_note": health_note,
         "expect_revision": s.healthz,
         "webhook_listen": "127.0.0.1:9090", "webhook_secret_file": f"{ETC}/webhook_secret",
@@ -156,7 +160,8 @@ def context(site: Site, **overrides: Value) -> dict[str, Value]:
         "colour_blue": False, "colour_green": False, "bluegreen_hint": not s.socket,
         "wsgi_arg": f" {s.wsgi_module}:application" if s.wsgi_arg else "",
         "extra_env": f',DJANGO_SETTINGS_MODULE="{s.settings}"' if s.settings_env else "",
-        "bind": f"unix:{socket_dir}/gunicorn.sock" if s.socket else f"127.0.0.1:{s.port}",
+        "bind": bind, "bind_env": f',GUNICORN_BIND="{bind}"', "bind_args": "",
+        "colour_socket": "",
         "autostart": True, "program": s.app, "celery": s.celery,
         "celery_program": f"{s.app}_celery", "beat_program": f"{s.app}_celerybeat",
         "celery_beat": s.celery_beat, "workers": toml_list(s.workers),
@@ -174,7 +179,12 @@ def program_context(site: Site, base: Mapping[str, Value], colour: str = "") -> 
     values = dict(base)
     if colour:
         port = values[f"{colour}_port"]
+        sock = values[f"{colour}_socket"]
+        # Both binds on the command line (it replaces gunicorn.conf.py's `bind`): the port
+        # for watcher's health check, the socket Nginx reaches once watcher publishes it.
         values.update(program=f"{site.app}_{colour}", port=port, bind=f"127.0.0.1:{port}",
+                      bind_env="", bind_args=f" --bind 127.0.0.1:{port} --bind unix:{sock}",
+                      colour_socket=sock,
                       autostart=colour == "blue", colour_blue=colour == "blue",
                       colour_green=colour == "green",
                       reasons=colour == "blue" and not values["example"],
