@@ -2,8 +2,8 @@
 
 A blue/green pair of the example site (tests/support BlueGreenSite) behind a real Nginx
 (the shipped examples/nginx/mysite.conf: its upstream is the socket `bluegreen.publish`
-names, which watcher points at a colour only after its health check), steady GETs of /healthz through Nginx
-(tests/support/load.py, ~RATE req/s), and `watcher --once` deploying:
+names, which watcher points at a colour only after its health check), steady GETs of
+/healthz through Nginx (tests/support/load.py, ~RATE req/s), and `watcher --once` deploying:
 
 - `gunicorn`: a /healthz that fails only when served by Gunicorn (the smoke requests, which
   go through Django's test client, cannot see it): caught after the switch, by the health
