@@ -17,7 +17,8 @@ PACKAGE = Path(__file__).parents[1] / "watcher"
 LAYERS = ("engine", "parts", "delivery", "daemon")
 SHARED_PARTS = frozenset({"watcher.parts.runner", "watcher.parts.fs"})
 BASE = frozenset({"watcher", "watcher.errors", "watcher.kinds", "watcher.log",
-                  "watcher.config", "watcher.config_values"})
+                  "watcher.config", "watcher.config_load", "watcher.config_checks",
+                  "watcher.config_values"})
 
 
 def module_name(root: Path, path: Path) -> str:
