@@ -15,7 +15,8 @@ import pytest
 
 PACKAGE = Path(__file__).parents[1] / "watcher"
 LAYERS = ("engine", "parts", "delivery", "daemon")
-SHARED_PARTS = frozenset({"watcher.parts.runner", "watcher.parts.fs"})
+SHARED_PARTS = frozenset({"watcher.parts.runner", "watcher.parts.fs",
+                          "watcher.parts.release_tree"})
 BASE = frozenset({"watcher", "watcher.errors", "watcher.kinds", "watcher.log",
                   "watcher.config", "watcher.config_load", "watcher.config_checks",
                   "watcher.config_values"})
