@@ -17,7 +17,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from watcher.config import DjangoConfig
-from watcher.parts.django_steps import Django, SmokeSpec
+from watcher.parts.django_findings import SmokeSpec
+from watcher.parts.django_steps import Django
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from support.fixtures import run_cli
 
-from watcher.config import Config, build, config_path, load, parse_duration
+from watcher.config import Config, parse_duration
+from watcher.config_load import build, config_path, load
 from watcher.errors import ConfigError
 
 MINIMAL: dict[str, dict[str, Any]] = {

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from support.fixtures import run_cli
 
-from watcher.config import Config, load
+from watcher.config import Config
+from watcher.config_load import load
 from watcher.control import active_pause, hold_status, pause, resume
 from watcher.daemon.metrics import Metrics
 from watcher.errors import UsageError

@@ -21,7 +21,7 @@ from support.daemon import DaemonProcess, code_change, http_get, post_github_pus
 from support.site import Site, git, log_events, settled
 from support.supervisord import free_port
 
-from watcher.config import load
+from watcher.config_load import load
 from watcher.daemon.loop import Daemon
 
 pytestmark = pytest.mark.slow

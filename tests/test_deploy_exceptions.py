@@ -14,7 +14,7 @@ import pytest
 from support.daemon import CHECK_EVENTS, DaemonProcess, post_github_push, webhook_site
 from support.site import Site, git
 
-from watcher.daemon.loop import Hints
+from watcher.daemon.hints import Hints
 
 SECRET = "canary-replay-secret-31c9"
 SETTINGS = "mysite/settings.py"

@@ -24,7 +24,7 @@ from support.faults import complete_release
 from support.site import TOKEN, Site
 
 from watcher import log
-from watcher.config import load
+from watcher.config_load import load
 from watcher.engine.deploy import Deployer
 from watcher.parts import fs
 

@@ -21,7 +21,7 @@ from support.services import Redis
 from support.site import REPO_ROOT
 
 from watcher.config import FleetConfig
-from watcher.config import check_fleet as check_config
+from watcher.config_checks import check_fleet as check_config
 from watcher.daemon.metrics import Metrics
 from watcher.errors import ConfigError, FleetUnreachable, FleetWaitTimeout
 from watcher.parts.fleet import Fleet

@@ -231,7 +231,7 @@ token_file = "{token}"
 ])
 def test_forge_config_errors_name_the_key(forge: dict[str, str], error: str) -> None:
     """A [forge] section that cannot work is a config error naming the key (exit 2)."""
-    from watcher.config import build
+    from watcher.config_load import build
     from watcher.errors import ConfigError
 
     sections = {"app": {"name": "mysite", "root": "/srv/mysite"},
@@ -243,7 +243,7 @@ def test_forge_config_errors_name_the_key(forge: dict[str, str], error: str) -> 
 
 def test_gitlab_takes_a_nested_path_or_a_project_id() -> None:
     """GitLab projects may sit in subgroups, or be named by their numeric id."""
-    from watcher.config import build
+    from watcher.config_load import build
 
     for repo in ("acme/web/mysite", "4242"):
         cfg = build({"app": {"name": "mysite", "root": "/srv/mysite"},

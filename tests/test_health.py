@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from watcher.config import Config, build
+from watcher.config import Config
+from watcher.config_load import build
 from watcher.errors import ConfigError, StepFailed
 from watcher.parts.health import classify, wait_healthy
 

@@ -15,7 +15,8 @@ from support.site import git
 from watcher.config import GitConfig
 from watcher.errors import StepFailed
 from watcher.parts import fs, releases
-from watcher.parts.gitsource import GitSource, check_members
+from watcher.parts.gitsource import GitSource
+from watcher.parts.release_tree import check_members
 from watcher.parts.releases import Layout
 
 

@@ -16,7 +16,7 @@ from support.site import Site
 from support.supervisord import free_port
 
 from watcher import log
-from watcher.config import load
+from watcher.config_load import load
 from watcher.daemon.loop import Daemon
 
 CHECKS = 600

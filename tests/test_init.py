@@ -23,7 +23,7 @@ from support.initsite import Sandboxed
 from support.services import MariaDB, Redis
 from support.site import REPO_ROOT, commit_and_push, git, log_events, make_remote
 
-from watcher.config import load
+from watcher.config_load import load
 from watcher.init.detect import read_checkout
 from watcher.init.render import TemplateError, render
 from watcher.init.site import Site, files

@@ -15,9 +15,15 @@ import pytest
 
 PACKAGE = Path(__file__).parents[1] / "watcher"
 LAYERS = ("engine", "parts", "delivery", "daemon")
-SHARED_PARTS = frozenset({"watcher.parts.runner", "watcher.parts.fs"})
+# release_tree (how exports land in a release), django_findings (what a release's Django
+# reports, also read by the engine) and supervisor_link (the XML-RPC wire) were split out of
+# gitsource, django_steps and supervisor_rpc.
+SHARED_PARTS = frozenset({"watcher.parts.runner", "watcher.parts.fs",
+                          "watcher.parts.release_tree", "watcher.parts.django_findings",
+                          "watcher.parts.supervisor_link"})
 BASE = frozenset({"watcher", "watcher.errors", "watcher.kinds", "watcher.log",
-                  "watcher.config", "watcher.config_values"})
+                  "watcher.config", "watcher.config_load", "watcher.config_checks",
+                  "watcher.config_values"})
 
 
 def module_name(root: Path, path: Path) -> str:

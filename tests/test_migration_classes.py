@@ -20,7 +20,8 @@ from support.site import wheelhouse
 
 from watcher.config import DjangoConfig
 from watcher.engine.migrations import ALLOWED, MigrationPolicy, decide
-from watcher.parts.django_steps import Django, Inspection, Verdict
+from watcher.parts.django_findings import Inspection, Verdict
+from watcher.parts.django_steps import Django
 
 BASE = """
 migrations.CreateModel(name="Item", fields=[

@@ -15,7 +15,8 @@ from structlog.testing import capture_logs
 from support.logapi import LogAPI
 from support.services import SMTPServer
 
-from watcher.config import EmailConfig, load
+from watcher.config import EmailConfig
+from watcher.config_load import load
 from watcher.delivery.mail import EmailNotifier
 from watcher.delivery.record import Commit, ErrorInfo, Report, StepResult, new_report_id
 from watcher.engine.journal import Journal

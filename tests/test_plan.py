@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from watcher.config import Config, build
+from watcher.config import Config
+from watcher.config_load import build
 from watcher.engine.plan import PlanInput, go_live_steps, make_plan, reload_mode
 from watcher.engine.steps import TABLE
 

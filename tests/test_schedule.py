@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from watcher.config import load
+from watcher.config_load import load
 from watcher.errors import ConfigError
 from watcher.schedule import Schedule, parse_until, parse_window, zone
 

@@ -17,7 +17,8 @@ from support.site import EXAMPLE
 from watcher.config import DjangoConfig
 from watcher.errors import StepFailed
 from watcher.log import register_secret
-from watcher.parts.django_steps import Django, SmokeSpec
+from watcher.parts.django_findings import SmokeSpec
+from watcher.parts.django_steps import Django
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 CANARY = "smoke-canary-secret-7c1e"

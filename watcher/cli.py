@@ -11,7 +11,8 @@ from pathlib import Path
 import structlog
 
 from watcher import __version__, log
-from watcher.config import Config, config_path, load
+from watcher.config import Config
+from watcher.config_load import config_path, load
 from watcher.errors import EXIT_FAILED, EXIT_USAGE, ConfigError, UsageError, WatcherError
 from watcher.init import command as init_command
 

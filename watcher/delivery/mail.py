@@ -29,7 +29,8 @@ from urllib.parse import urlsplit
 
 import structlog
 
-from watcher.config import EmailConfig, check_email, is_loopback, read_secret
+from watcher.config import EmailConfig, is_loopback, read_secret
+from watcher.config_checks import check_email
 from watcher.delivery.formats import mask
 from watcher.delivery.mail_text import render_message
 from watcher.delivery.outbox import Outbox

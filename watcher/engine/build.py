@@ -20,7 +20,8 @@ from watcher.engine.plan import Plan, Step, smoke_url
 from watcher.engine.steps import StepLog
 from watcher.errors import StepFailed
 from watcher.parts import venvs
-from watcher.parts.django_steps import Django, Inspection, SmokeSpec
+from watcher.parts.django_findings import Inspection, SmokeSpec
+from watcher.parts.django_steps import Django
 from watcher.parts.releases import Layout, hardlink_tree, link_shared
 
 log = structlog.get_logger()

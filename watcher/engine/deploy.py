@@ -1,9 +1,9 @@
 """One check, and the deploy it may lead to: the executor of DESIGN §2.
 
 `Deployer.check_once` resolves the remote head; when it moved, `deploy` runs the plan
-(`plan.py`) step by step: the source steps here, the build (`build.py`), going live
-(`golive.py`), then the steps after health. Any failure after the switch rolls back by
-itself. Every outcome is recorded by the journal (`journal.py`).
+(`plan.py`) step by step: the source steps (`source.py`), the build (`build.py`), going live
+(`golive.py`), then the steps after health (`after.py`). Any failure after the switch rolls
+back by itself, here. Every outcome is recorded by the journal (`journal.py`).
 """
 
 from __future__ import annotations
@@ -15,26 +15,26 @@ from pathlib import Path
 import structlog
 
 from watcher.config import Config
-from watcher.engine.admission import admit, verify_signatures
+from watcher.engine.admission import admit
+from watcher.engine.after import AfterSteps
 from watcher.engine.build import Builder
 from watcher.engine.fleet_rollout import FleetRollout
 from watcher.engine.golive import GoLiveFailed, Switcher
 from watcher.engine.journal import Journal, Outcome, Run
-from watcher.engine.plan import Plan, PlanInput, Step, go_live_steps, make_plan, source_steps
+from watcher.engine.plan import Plan, go_live_steps
 from watcher.engine.recovery import recover
+from watcher.engine.source import SourceSteps
 from watcher.engine.steps import internal_error
 from watcher.errors import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_ROLLBACK_FAILED,
-    GitError,
     Interrupted,
     StepFailed,
     TransientError,
     WatcherError,
 )
-from watcher.parts import fs, lock, procs, releases, runner, venvs
-from watcher.parts.django_steps import Django
+from watcher.parts import fs, lock, releases, runner
 from watcher.parts.gitsource import GitSource
 from watcher.parts.releases import Layout
 from watcher.parts.signatures import Verifier
@@ -44,10 +44,6 @@ from watcher.schedule import Clock, utc_now
 __all__ = ["Deployer", "Outcome"]
 
 log = structlog.get_logger()
-# Step 12b waits this long for the old Gunicorn workers to finish their requests after a HUP
-# (Gunicorn's graceful_timeout, 20 s in the shipped config, plus a margin).
-OLD_WORKERS_TIMEOUT_S = 60.0
-
 
 class Deployer:
     def __init__(self, cfg: Config, clock: Clock | None = None) -> None:
@@ -60,6 +56,8 @@ class Deployer:
         self.switcher = Switcher(cfg, self.layout)
         self.journal = Journal(cfg, self.layout, self.state_file)
         self.rollout = FleetRollout(cfg) if cfg.fleet is not None else None
+        self.source = SourceSteps(cfg, self.layout, self.git, self.verifier)
+        self.after = AfterSteps(cfg, self.layout, self.state_file)
 
     @property
     def lock_path(self) -> Path:
@@ -176,7 +174,7 @@ class Deployer:
         log.info("deploy.start", sha=sha[:12], release=name, live=live.name if live else None)
         builder: Builder | None = None
         try:
-            plan, digest = self._source(run, sha, live, release)
+            plan, digest = self.source.plan(run, sha, live, release)
             log.info("deploy.plan", steps=[f"{s.name}:{s.action}" for s in plan.steps],
                      reasons={s.name: s.reason for s in plan.steps})
             builder = Builder(self.cfg, self.layout, release, plan, run.steps, digest,
@@ -250,11 +248,11 @@ class Deployer:
             name=name, sha=sha, venv=builder.digest, colour=colour, tag=tag or "",
             migrations=dict(builder.inspection.leaves) if builder.inspection else {}))
         fleet_slot.close()  # healthy: the next server may switch while the steps after run
-        self._after(state, plan.phase("after"), run, contract, old)
+        self.after.run(state, plan.phase("after"), run, contract, old)
         outcome = self.journal.close(state, run, "succeeded", EXIT_OK, name, None)
         prune = plan.step("prune")
         if prune is not None:
-            self._prune_after_report(state, prune, run)
+            self.after.prune_after_report(state, prune, run)
         return outcome
 
     def _failed(self, state: State, run: Run, builder: Builder | None, name: str,
@@ -265,36 +263,6 @@ class Deployer:
         run.migrations = builder.migrations_applied if builder else []
         state.mark_bad(run.to_sha, exc.step, exc.message)
         return self.journal.close(state, run, "failed", EXIT_FAILED, name, exc)
-
-    def _source(self, run: Run, sha: str, live: ReleaseRecord | None,
-                release: Path) -> tuple[Plan, str]:
-        """The source steps (fetch, export), then the whole plan, made from their result,
-        and the new release's venv hash."""
-        tag = run.tag
-        have = self.git.has(sha) and (tag is None or self.git.has_tag(tag))
-        fetch, *verify, export = source_steps(have, self.cfg.git.verify,
-                                              live is not None)
-        with run.steps.step("fetch", fetch.reason, action=fetch.action):
-            if fetch.action == "run":
-                self.git.fetch(tags=tag is not None)
-            if not self.git.has(sha):
-                raise GitError(f"commit {sha[:12]} is not on branch {self.cfg.git.branch}")
-        for step in verify:  # before anything of the commit is written out
-            with run.steps.step("verify", step.reason, action=step.action):
-                verify_signatures(self.verifier, sha, tag)
-        with run.steps.step("export", export.reason, action=export.action):
-            base = (self.layout.release(live.name), live.sha) if live is not None else None
-            how = self.git.export(sha, release, base=base if export.action == "link" else None)
-            log.info("export.done", how=how)
-        run.commits = self.git.commits(live.sha if live else None, sha)
-        digest = venvs.venv_hash(release, self.cfg.build.requirements, self.cfg.build.python)
-        return make_plan(PlanInput(
-            live_sha=live.sha if live else None, live_venv=live.venv if live else None,
-            target_sha=sha, target_venv=digest,
-            venv_ready=venvs.is_complete(self.layout.venvs, digest),
-            changed=self.git.changed_paths(live.sha, sha) if live else None,
-            have_commit=have,
-        ), self.cfg), digest
 
     def _roll_back(self, state: State, run: Run, live: ReleaseRecord | None, plan: Plan,
                    failed: str, exc: GoLiveFailed) -> Outcome:
@@ -319,86 +287,6 @@ class Deployer:
                                       failed, exc)
         releases.remove(self.layout.release(failed))
         return self.journal.close(state, run, "rolled_back", EXIT_FAILED, live.name, exc)
-
-    def _after(self, state: State, plan: tuple[Step, ...], run: Run,
-               contract: list[str], old: procs.Snapshot) -> None:
-        """Steps 12b and 13: contract migrations and post_switch hooks; failures are logged
-        and reported, the deploy stays. Pruning, the other step of this phase, runs once the
-        report is out (`_prune_after_report`)."""
-        live = state.live_record()
-        if live is None:
-            return
-        for step in plan:
-            if step.name == "contract_migrate":
-                self._contract(state, run, step, contract, old)
-            elif step.name == "post_switch":
-                django = Django(self.cfg.django, self.layout.release(live.name))
-                for i, argv in enumerate(self.cfg.hooks.post_switch):
-                    try:
-                        with run.steps.step("post_switch", step.reason, hook=i):
-                            django.hook(argv, "post_switch", self.cfg.hooks.timeout)
-                    except WatcherError as exc:
-                        log.warning("post_switch.failed", error=str(exc))
-
-    def _contract(self, state: State, run: Run, step: Step, migrations: list[str],
-                  old: procs.Snapshot) -> None:
-        """Step 12b (DESIGN 2a): the contract migrations, once the new release passed health
-        and the old code no longer serves (after a HUP: its old workers are gone; a restart or
-        a blue/green swap stopped them already). A failure keeps the new release, which does
-        not use what they remove: reported in `warnings`, and the next deploy retries them."""
-        live = state.live_record()
-        if not migrations or live is None:
-            run.steps.skipped("contract_migrate", "no contract migrations pending")
-            return
-        left = procs.wait_gone(old, OLD_WORKERS_TIMEOUT_S)
-        if left:
-            why = (f"contract migrations postponed to the next deploy: old workers still "
-                   f"serve the previous code (pids {', '.join(map(str, left))})")
-            run.warnings.append(why)
-            run.steps.skipped("contract_migrate", why)
-            return
-        # Crash point: a kill from here until the save in `finally` leaves `contract` in
-        # state.json; the next start runs `migrate` in the live release (recovery.py). Django
-        # skips what did apply, so each migration runs to its end exactly once.
-        state.contract = {"release": live.name, "migrations": migrations}
-        self.state_file.save(state)
-        try:
-            with run.steps.step("contract_migrate", step.reason, pending=migrations):
-                Django(self.cfg.django, self.layout.release(live.name)).migrate(
-                    step="contract_migrate")
-            run.migrations = [*run.migrations, *migrations]
-        except WatcherError as exc:
-            run.warnings.append(f"contract migrations failed; the new release stays and the "
-                                f"next deploy retries them: {exc}")
-            log.warning("contract_migrate.failed", error=str(exc))
-        finally:
-            state.contract = {}
-            self.state_file.save(state)
-
-    def _prune_after_report(self, state: State, step: Step, run: Run) -> None:
-        """Prune once the report is sent, still under the lock, so it adds nothing to the
-        deploy's duration (the step is logged, not reported): old releases and unused venvs
-        are only renamed to trash here (instant), and `empty_trash` deletes them in the
-        background. Failures are logged. Crash point: a kill here leaves the deploy
-        recorded and reported; a release renamed to trash is gone from state at the next
-        prune (`forget_missing`), its trash deleted by the next `empty_trash`."""
-        try:
-            with run.steps.step("prune", step.reason):
-                self.prune(state, delete=False)
-                self.state_file.save(state)
-        except (WatcherError, OSError) as exc:
-            log.warning("prune.failed", error=str(exc))
-
-    def prune(self, state: State, *, delete: bool = True) -> None:
-        existing = set(self.layout.names())
-        prev = state.previous(existing)
-        releases.prune(self.layout, self.cfg.app.keep_releases,
-                       protect=[state.live, prev.name if prev else None], delete=delete)
-        existing = set(self.layout.names())
-        state.forget_missing(existing)
-        venvs.prune(self.layout.venvs,
-                    [venvs.linked_hash(self.layout.release(n)) for n in existing],
-                    delete=delete)
 
     def empty_trash(self) -> int:
         """Delete what pruning renamed away, in a process of its own that outlives this one:

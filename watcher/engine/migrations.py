@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from watcher.parts.django_steps import Inspection, refusal
+from watcher.parts.django_findings import Inspection, refusal
 
 ALLOWED = "unsafe migrations deployed on purpose (--allow-unsafe-migrations)"
 

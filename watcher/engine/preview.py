@@ -25,7 +25,8 @@ from watcher.engine.plan import PlanInput, make_plan
 from watcher.errors import EXIT_FAILED, EXIT_OK, StepFailed
 from watcher.gates import PathFilter, hold
 from watcher.parts import lock, venvs
-from watcher.parts.django_steps import Django, Inspection
+from watcher.parts.django_findings import Inspection
+from watcher.parts.django_steps import Django
 from watcher.parts.releases import link_shared
 from watcher.parts.signatures import Verifier
 from watcher.schedule import iso, utc_now

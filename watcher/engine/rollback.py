@@ -27,7 +27,8 @@ from watcher.errors import (
     WatcherError,
 )
 from watcher.kinds import DeployOutcome
-from watcher.parts.django_steps import Django, Reversal
+from watcher.parts.django_findings import Reversal
+from watcher.parts.django_steps import Django
 from watcher.parts.state import ReleaseRecord, State
 
 log = structlog.get_logger()

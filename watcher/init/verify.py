@@ -21,7 +21,7 @@ def validate(outdir: Path, site: Site) -> int:
     """`watcher check` on what was written (soft), the web programs' command lines, and
     `nginx -t` on the site when Nginx is installed; the exit code."""
     from watcher.checkup import command_problems, run_checks
-    from watcher.config import load
+    from watcher.config_load import load
 
     print(f"checking {outdir / 'watcher.toml'} (as `watcher check` would):")
     cfg = load(outdir / "watcher.toml", environ={})

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import os
-import posixpath
 import re
 import shutil
-import stat
 import tarfile
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -27,7 +24,7 @@ from watcher.errors import GitError, RemoteUnreachable, StepFailed
 from watcher.gates import peeled_tags, pick_tag
 from watcher.kinds import Commit
 from watcher.log import register_secret, scrub
-from watcher.parts import fs
+from watcher.parts import fs, release_tree
 from watcher.parts.runner import clean_env, run
 
 log = structlog.get_logger()
@@ -187,7 +184,7 @@ class GitSource:
 
         With `base` (the live release's dir and sha), files that did not change since the
         live commit are hard-linked from it and only the changed paths are written (see
-        the end of this module); a missing or damaged live release falls back to a full
+        parts/release_tree.py); a missing or damaged live release falls back to a full
         export. Returns how the release was built: "linked" or "full".
         """
         how = "full"
@@ -196,8 +193,9 @@ class GitSource:
         if how == "full":
             dest.mkdir(parents=True)
             self._extract(sha, dest)
-        # A fresh file: never one linked from the live release (_link_unchanged leaves it,
-        # when committed, to the archive), so this write cannot reach another release.
+        # A fresh file: never one linked from the live release (release_tree.link_unchanged
+        # leaves it, when committed, to the archive), so this write cannot reach another
+        # release.
         fs.write_new(dest / "REVISION", (sha + "\n").encode("ascii"))
         return how
 
@@ -209,7 +207,7 @@ class GitSource:
                       step="export", stdout_path=Path(tmp.name))
             try:
                 with tarfile.open(tmp.name) as tar:
-                    extract(tar, dest)
+                    release_tree.extract(tar, dest)
             except (tarfile.TarError, ValueError) as exc:
                 raise StepFailed("export", f"commit {sha[:12]} cannot be exported: {exc}") from None
 
@@ -221,27 +219,27 @@ class GitSource:
 
     def _export_linked(self, sha: str, dest: Path, live: Path, live_sha: str) -> str:
         """Build `dest` from the live release plus the diff; "full" when it cannot."""
-        why = _unusable(live, live_sha) or ("" if self.has(live_sha) else
-                                            "live commit not in the mirror")
+        why = release_tree.unusable(live, live_sha) or (
+            "" if self.has(live_sha) else "live commit not in the mirror")
         if why:
             log.info("export.full", reason=why)
             return "full"
-        tree = _parse_tree(self._read("ls-tree", "-r", "-l", "-z", "--full-tree", sha,
-                                      scratch=dest.parent))
+        tree = release_tree.parse_tree(self._read("ls-tree", "-r", "-l", "-z", "--full-tree",
+                                                  sha, scratch=dest.parent))
         changed = frozenset(p for p in self._read(
             "diff", "--name-only", "--no-renames", "-z", live_sha, sha,
             scratch=dest.parent).split("\0") if p)
         attrs = {path: self._read("cat-file", "blob", f"{sha}:{path}", scratch=dest.parent)
-                 for path in tree if _is_attributes(path)}
-        why = _needs_full(tree, changed, attrs)
+                 for path in tree if release_tree.is_attributes(path)}
+        why = release_tree.needs_full(tree, changed, attrs)
         if why:
             log.info("export.full", reason=why)
             return "full"
         dest.mkdir(parents=True)
         try:
-            write, made = _link_unchanged(tree, changed, live, dest)
-            _copy_dir_modes(live, dest, made)
-            for chunk in _chunks(write):
+            write, made = release_tree.link_unchanged(tree, changed, live, dest)
+            release_tree.copy_dir_modes(live, dest, made)
+            for chunk in release_tree.chunks(write):
                 self._extract(sha, dest, chunk)
         except (OSError, tarfile.TarError, StepFailed) as exc:
             # e.g. an export-ignored path git archive will not name: a full export decides.
@@ -277,37 +275,6 @@ class GitSource:
             return []
 
 
-def extract(tar: tarfile.TarFile, dest: Path) -> None:
-    """Extract with the `data` filter, or after `check_members` where Python lacks it."""
-    if hasattr(tarfile, "data_filter"):
-        tar.extractall(dest, filter="data")
-        return
-    members = tar.getmembers()  # pragma: no cover - Python without extraction filters
-    check_members(members)  # pragma: no cover
-    tar.extractall(dest, members)  # noqa: S202 - checked just above  # pragma: no cover
-
-
-def check_members(members: list[tarfile.TarInfo]) -> None:
-    """What the `data` filter refuses, checked by hand: absolute names or `..`, a path
-    through an earlier symlink, a link pointing outside, anything but files, dirs, links."""
-    links: set[str] = set()
-    for m in members:
-        name = posixpath.normpath(m.name)
-        if posixpath.isabs(m.name) or name == ".." or name.startswith("../"):
-            raise ValueError(f"{m.name!r} is outside the release")
-        parts = name.split("/")
-        if any("/".join(parts[:i]) in links for i in range(1, len(parts))):
-            raise ValueError(f"{m.name!r} goes through a symlink")
-        if m.issym() or m.islnk():
-            base = posixpath.dirname(name) if m.issym() else ""
-            target = posixpath.normpath(posixpath.join(base, m.linkname))
-            if posixpath.isabs(m.linkname) or target == ".." or target.startswith("../"):
-                raise ValueError(f"{m.name!r} would link to {m.linkname!r}, which is outside "
-                                 "the release")
-            links.add(name)
-        elif not (m.isfile() or m.isdir()):
-            raise ValueError(f"{m.name!r} is not a file, directory or link")
-
 
 @contextlib.contextmanager
 def _repo(path: Path) -> Iterator[Any]:
@@ -339,116 +306,3 @@ def _quote(arg: str) -> str:
         return arg
     return "'" + arg.replace("'", "'\"'\"'") + "'"
 
-
-# -- releases linked from the live one (issue 12) ------------------------------------------
-# Like `rsync --link-dest`: a path whose blob and mode did not change since the live commit
-# is hard-linked from the live release, everything else comes from `git archive` of just
-# those paths, through the same extraction as a full export. Why no release can change
-# another's files: a linked inode is only ever replaced in a release (unlink or rename over
-# it: REVISION, `.venv`, shared links, collectstatic), never opened for writing by watcher,
-# and the app must not write into its release (docs/releases.md). Symlinks are never
-# linked: they come from the archive, so extraction checks them as in a full export.
-_ARCHIVE_CHUNK = 500  # paths per `git archive` call (argv stays far below ARG_MAX)
-
-
-def _parse_tree(out: str) -> dict[str, tuple[str, str, int]]:
-    """`git ls-tree -r -l -z` -> {path: (mode, type, size)} (size -1 for non-blobs)."""
-    tree: dict[str, tuple[str, str, int]] = {}
-    for rec in out.split("\0"):
-        if not rec:
-            continue
-        meta, _, path = rec.partition("\t")
-        mode, kind, _obj, size = meta.split()
-        tree[path] = (mode, kind, int(size) if size.isdigit() else -1)
-    return tree
-
-
-def _unusable(live: Path, live_sha: str) -> str:
-    """Why the live release cannot be a base ("" when it can)."""
-    try:
-        rev = live / "REVISION"
-        if not stat.S_ISREG(rev.lstat().st_mode) or not live.is_dir() or live.is_symlink():
-            return "live release damaged"
-        if rev.read_text(encoding="ascii", errors="replace").strip() != live_sha:
-            return "live release's REVISION is not its recorded commit"
-    except OSError:
-        return "live release missing"
-    return ""
-
-
-def _is_attributes(path: str) -> bool:
-    return path == ".gitattributes" or path.endswith("/.gitattributes")
-
-
-def _needs_full(tree: dict[str, tuple[str, str, int]], changed: frozenset[str],
-                attrs: dict[str, str]) -> str:
-    """Why this diff must be exported in full ("" when linking is exact)."""
-    if any(kind != "blob" for _mode, kind, _size in tree.values()):
-        return "submodules"  # git archive writes them as empty dirs; rare enough
-    if any(_is_attributes(p) for p in changed):
-        return ".gitattributes changed: unchanged blobs may export differently"
-    if any("export-subst" in text for text in attrs.values()):
-        return "export-subst: file contents depend on the commit"
-    if len(changed) * 2 > len(tree):
-        return "most files changed"
-    return ""
-
-
-def _link_unchanged(tree: dict[str, tuple[str, str, int]], changed: frozenset[str],
-                    live: Path, dest: Path) -> tuple[list[str], set[Path]]:
-    """Hard-link each unchanged regular file from `live` into `dest`; the paths left to
-    write from the archive: changed ones, symlinks, REVISION, and any live file that does
-    not look as git says it should (missing, another type, size or executable bit)."""
-    write: list[str] = []
-    made: set[Path] = set()
-    real_dirs: dict[Path, bool] = {}
-    for path, (mode, _kind, size) in tree.items():
-        if path in changed or mode not in ("100644", "100755") or path == "REVISION":
-            write.append(path)
-            continue
-        src, dst = live / path, dest / path
-        try:
-            st = src.lstat()
-            if (not stat.S_ISREG(st.st_mode) or st.st_size != size
-                    or bool(st.st_mode & stat.S_IXUSR) != (mode == "100755")
-                    or not _real_dirs(live, Path(path).parent, real_dirs)):
-                write.append(path)
-                continue
-            if dst.parent not in made:
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                made.add(dst.parent)
-            os.link(src, dst, follow_symlinks=False)
-        except OSError:  # EMLINK, a vanished file: write it instead
-            write.append(path)
-    return write, made
-
-
-def _real_dirs(live: Path, rel: Path, seen: dict[Path, bool]) -> bool:
-    """Every directory on the way to `rel` in the live release is a real directory, not a
-    symlink put there after its export: files are never linked through one."""
-    if rel == Path("."):
-        return True
-    if rel not in seen:
-        try:
-            is_dir = stat.S_ISDIR((live / rel).lstat().st_mode)
-        except OSError:
-            is_dir = False
-        seen[rel] = is_dir and _real_dirs(live, rel.parent, seen)
-    return seen[rel]
-
-
-def _chunks(paths: list[str]) -> Iterator[list[str]]:
-    for i in range(0, len(paths), _ARCHIVE_CHUNK):
-        yield paths[i:i + _ARCHIVE_CHUNK]
-
-
-def _copy_dir_modes(live: Path, dest: Path, made: set[Path]) -> None:
-    """Directories made while linking (all real directories in the live release) get the
-    modes the live export gave them; the archive then sets those it contains the same way,
-    so the tree matches a full export's."""
-    done: set[Path] = {dest}
-    for d in made:
-        while d not in done:
-            done.add(d)
-            os.chmod(d, stat.S_IMODE((live / d.relative_to(dest)).lstat().st_mode))
-            d = d.parent

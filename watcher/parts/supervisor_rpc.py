@@ -1,5 +1,6 @@
-"""Supervisord over XML-RPC: the only module that talks to it. Its faults and socket and
-HTTP errors become `SupervisorFault` / `SupervisorUnreachable` here.
+"""Supervisord's programs: queries, starts, stops and reloads, polled to a bounded wait.
+Only this module talks to supervisord, through its wire, `supervisor_link`, where faults and
+socket and HTTP errors become `SupervisorFault` / `SupervisorUnreachable`.
 
 Programs are named ``group:name``, or plain ``name`` meaning ``name:name`` (a ``[program:x]``
 with ``numprocs = 1``); in a ``[group:g]`` or with ``numprocs > 1``: ``g:x`` / ``x:x_00``.
@@ -9,39 +10,19 @@ timeout, not by ``startsecs``/``stopwaitsecs``. Not thread-safe: one `Supervisor
 
 from __future__ import annotations
 
-import http.client
-import socket
 import time
-import xmlrpc.client
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
-from xml.parsers.expat import ExpatError
 
 import structlog
-from supervisor.xmlrpc import Faults, SupervisorTransport, getFaultDescription
+from supervisor.xmlrpc import Faults
 
-from watcher.errors import ConfigError, SupervisorFault, SupervisorUnreachable
+from watcher.errors import SupervisorFault
+from watcher.parts.supervisor_link import SupervisorLink
 
 RUNNING = "RUNNING"
 STOPPED_STATES = frozenset({"STOPPED", "EXITED", "FATAL", "UNKNOWN"})
 POLL_INTERVAL = 0.1
-
-_FAULT_TEXT = {
-    Faults.BAD_NAME: "no program named {program} in supervisord",
-    Faults.NO_FILE: "the command of {program} does not exist",
-    Faults.NOT_EXECUTABLE: "the command of {program} cannot be executed",
-    Faults.SPAWN_ERROR: "supervisord could not spawn {program}",
-    Faults.ABNORMAL_TERMINATION: "{program} exited while starting",
-    Faults.NOT_RUNNING: "{program} is not running",
-    Faults.BAD_SIGNAL: "supervisord does not know that signal",
-    Faults.FAILED: "supervisord failed to act on {program}",
-}
-_OS_ERRORS: tuple[tuple[type[OSError], str], ...] = (
-    (FileNotFoundError, "its socket file does not exist (is supervisord running?)"),
-    (ConnectionRefusedError, "connection refused (is supervisord running?)"),
-    (PermissionError, "permission denied (check chown/chmod of its socket)"),
-)
 
 
 @dataclass(frozen=True)
@@ -71,19 +52,6 @@ class ProcessInfo:
         )
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    """HTTP over a unix socket, with a timeout (supervisor's own has none)."""
-
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # close() closes it
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self._path)
-
-
 def _split_namespec(program: str) -> tuple[str, str]:
     """``g:x`` -> (g, x); ``x`` -> (x, x), as supervisord's `split_namespec` reads it."""
     group, _, name = program.partition(":")
@@ -96,103 +64,20 @@ class Supervisor:
     def __init__(
         self, url: str, username: str = "", password: str = "", timeout: float = 10.0
     ) -> None:
-        parts = urlsplit(url)
-        if parts.username is not None or parts.password is not None:  # never echo this URL
-            raise ConfigError(
-                "supervisor.url must not contain credentials; "
-                "use supervisor.username and supervisor.password_file"
-            )
-        if parts.scheme not in ("unix", "http"):
-            raise ConfigError(f"supervisor.url must start with unix:// or http://, got {url!r}")
+        self._link = SupervisorLink(url, username, password, timeout)  # checks the URL
         self.url = url
         self.username = username
         self.timeout = timeout
-        self._transport = SupervisorTransport(username or None, password if username else None, url)
-        # SupervisorTransport (4.3) opens sockets without a timeout, so a hung supervisord
-        # would hang us. Replace its connection factory (an attribute its __init__ sets).
-        if parts.scheme == "unix":
-            path = url[len("unix://") :]
-            self._transport._get_connection = lambda: _UnixConnection(path, timeout)
-            proxy_url = "http://127.0.0.1"
-        else:
-            host, port = parts.hostname or "127.0.0.1", parts.port or 80
-            self._transport._get_connection = lambda: http.client.HTTPConnection(
-                host, port, timeout=timeout
-            )
-            proxy_url = url
-        self._proxy = xmlrpc.client.ServerProxy(proxy_url, transport=self._transport)
 
     def __repr__(self) -> str:
         return f"Supervisor(url={self.url!r}, username={self.username!r})"
 
     def close(self) -> None:
-        self._transport.close()
-
-    # -- the border: every call goes through here ------------------------------------
+        self._link.close()
 
     def _call(self, method: str, *args: Any, ok: tuple[int, ...] = ()) -> Any:
         """Call ``supervisor.<method>``; fault codes in `ok` return None instead of raising."""
-        program = str(args[0]) if args else ""
-        if program.endswith((":", ":*")):  # supervisord would act on the whole group
-            raise SupervisorFault(f"{program} names a group; name one process (group:name)")
-        try:
-            return getattr(self._proxy.supervisor, method)(*args)
-        except xmlrpc.client.Fault as exc:
-            if exc.faultCode in ok:
-                return None
-            raise self._fault(exc, method, program) from exc
-        except xmlrpc.client.ProtocolError as exc:
-            if exc.errcode == 401:
-                raise SupervisorFault(
-                    f"supervisord at {self.url} refused the username/password (HTTP 401); "
-                    "check supervisor.username and supervisor.password_file"
-                ) from exc
-            raise SupervisorFault(
-                f"{self.url} answered HTTP {exc.errcode} {exc.errmsg}: is it supervisord?"
-            ) from exc
-        except (OSError, http.client.HTTPException) as exc:
-            raise SupervisorUnreachable(
-                f"supervisord at {self.url} is unreachable: {self._what_happened(exc)}"
-            ) from exc
-        except ExpatError as exc:
-            raise SupervisorFault(f"{self.url} did not answer XML-RPC: {exc}") from exc
-        finally:
-            # One connection per call: a kept-alive one goes stale when supervisord restarts,
-            # and a call cut off by a timeout leaves it mid-response.
-            self._transport.close()
-
-    def _what_happened(self, exc: BaseException) -> str:
-        if isinstance(exc, TimeoutError):
-            return f"no answer within {self.timeout:g}s"
-        for kind, text in _OS_ERRORS:
-            if isinstance(exc, kind):
-                return text
-        return f"{type(exc).__name__}: {exc}"
-
-    def _fault(
-        self, exc: xmlrpc.client.Fault, method: str, program: str
-    ) -> SupervisorFault | SupervisorUnreachable:
-        code = exc.faultCode
-        if code == Faults.SHUTDOWN_STATE:
-            return SupervisorUnreachable(f"supervisord at {self.url} is shutting down")
-        template = _FAULT_TEXT.get(code)
-        if template is None:
-            text = f"supervisord fault {getFaultDescription(code)} in {method}"
-        else:
-            text = template.format(program=program)
-        if code == Faults.BAD_NAME:
-            text += " (names are 'program' or 'group:program'" + self._known_names() + ")"
-        return SupervisorFault(f"{text} [supervisord: {exc.faultString}]")
-
-    def _known_names(self) -> str:
-        try:
-            procs: Any = self._proxy.supervisor.getAllProcessInfo()
-        except (xmlrpc.client.Error, OSError, http.client.HTTPException, ExpatError):
-            return ""
-        finally:
-            self._transport.close()
-        names = ", ".join(sorted(f"{p['group']}:{p['name']}" for p in procs)[:10])
-        return f"; known: {names or 'none'}"
+        return self._link.call(method, *args, ok=ok)
 
     # -- queries ----------------------------------------------------------------------
 
