@@ -6,8 +6,11 @@ WHEELHOUSE := build/wheelhouse
 # Both example apps' requirements go into one cache, built by one `pip wheel` run (mysqlclient
 # is compiled there, against libmariadb-dev, once).
 REQS := examples/mysite/requirements.txt examples/fullstack/requirements.txt
-# Two workers, one test file each at a time: most tests wait on real servers, not the CPU.
-PYTEST_ARGS ?= -n 2 --dist loadfile
+# Four workers on two cores, one test file each at a time: much of a test's time is spent
+# waiting on real servers (Gunicorn booting, supervisord's startsecs, timeouts), not on the
+# CPU. --no-loadscope-reorder keeps the collection order, which tests/conftest.py sorts
+# longest file first (xdist would otherwise start the files with the most tests first).
+PYTEST_ARGS ?= -n 4 --dist loadfile --no-loadscope-reorder
 
 .PHONY: help install system-deps wheelhouse lint typecheck pytest test demo demo-stop bench clean \
 	dist shipped
