@@ -162,10 +162,14 @@ def test_a_link_that_reaches_nothing_is_pointed_at_the_running_colour(
     path = bg.site.root / "run" / "live.sock"
     path.unlink()
     path.symlink_to(bg.site.root / "run" / f"{idle}.sock")
+    check = bg.site.watcher("check", timeout=120)
+    assert f"{path} -> {idle}, nothing answers" in check.stdout, check.stdout
     res = bg.site.watcher("--once", timeout=120)
     assert res.returncode == 0, tail(res)
     assert "bluegreen.republish" in res.stderr
     assert link(bg) == live
+    check = bg.site.watcher("check", timeout=120)
+    assert f"{path} -> {live}, answers" in check.stdout, check.stdout
     with Nginx(tmp_path / "nginx", PUBLISHED, bg.site.root) as nx:
         load = Load(nx.url + "/healthz", rate=RATE, max_seconds=5).start()
         time.sleep(1.0)

@@ -13,6 +13,7 @@ import requests
 from watcher.config import Config, FleetConfig, ForgeConfig, is_loopback
 from watcher.delivery.forge import ForgeNotifier
 from watcher.delivery.retry import Failed as ForgeHTTPError
+from watcher.engine.bluegreen import NAMES
 from watcher.engine.golive import connect
 from watcher.errors import (
     EXIT_OK,
@@ -24,6 +25,7 @@ from watcher.errors import (
 )
 from watcher.log import scrub
 from watcher.parts.gitsource import GitSource
+from watcher.parts.publish import SocketLink
 from watcher.parts.releases import Layout
 from watcher.parts.runner import clean_env, run
 from watcher.parts.supervisor_rpc import Supervisor
@@ -89,6 +91,7 @@ def run_checks(cfg: Config, *, soft: bool = False) -> int:
         _forge(cfg.forge, cfg.state_dir, c)
     _cleartext(cfg, c)
     _zero_loss(cfg, c)
+    _published(cfg, c)
     if cfg.fleet is not None:
         _fleet(cfg, cfg.fleet, c)
     root = cfg.app.root
@@ -126,6 +129,23 @@ def _zero_loss(cfg: Config, c: _Checks) -> None:
            "Nginx; 40 of ~800 at 200 req/s in BENCHMARKS.md). Code-only deploys lose none. "
            "For zero loss on every deploy add the blue/green pair "
            "(supervisor/conf.d-bluegreen/, [bluegreen] in watcher.toml)")
+
+
+def _published(cfg: Config, c: _Checks) -> None:
+    """With bluegreen.publish: which colour the link Nginx connects to names, and whether a
+    connect through it reaches a listening Gunicorn (the next run re-points one that does
+    not)."""
+    bg = cfg.bluegreen
+    if bg is None or not bg.publish:
+        return
+    link = SocketLink(bg.publish, dict(zip(NAMES, bg.sockets, strict=True)))
+    colour = link.pointed() or "no colour"
+    if link.answers():
+        c.ok("published socket", f"{bg.publish} -> {colour}, answers")
+    else:
+        c.warn("published socket", f"{bg.publish} -> {colour}, nothing answers: Nginx gets "
+               "502 until the next `watcher --once` or daemon check points it at the running "
+               "colour (fine before the first deploy)")
 
 
 def _supervisor(cfg: Config, c: _Checks) -> None:
