@@ -11,10 +11,10 @@ names, which watcher points at a colour only after its health check), steady GET
 - `always`: a /healthz that raises for every request: caught before the switch by the
   smoke requests (with them), or by the health check (without);
 
-each once with a HUP of the live colour (`supervisor.reload = "auto"`, a code-only change)
-and once with a blue/green swap (`"bluegreen"`). Between two cases a good commit is deployed
-again. Prints one line per case: outcome, 5xx answers seen through Nginx, and the window
-from the first 5xx to the last.
+with a HUP of the live colour (`supervisor.reload = "hup"`), the default reload of a
+code-only change (`"auto"`: rolling, TTIN then TTOU), and a blue/green swap (`"bluegreen"`).
+Between two cases a good commit is deployed again. Prints one line per case: outcome, 5xx
+answers seen through Nginx, and the window from the first 5xx to the last.
 
     .venv/bin/python benchmarks/exposure.py            # the rows for BENCHMARKS.md
     PYTHONPATH=/path/to/other/tree .venv/bin/python benchmarks/exposure.py   # that watcher
@@ -48,7 +48,7 @@ BROKEN = {
 @dataclass(frozen=True)
 class Case:
     broken: str  # a key of BROKEN
-    reload: str  # auto (HUP for code-only) | bluegreen
+    reload: str  # hup | auto (rolling for a code-only change) | bluegreen
     outcome: str
     server_errors: int
     window: float
@@ -56,7 +56,7 @@ class Case:
     deploy_s: float
 
     def line(self) -> str:
-        mode = "HUP" if self.reload == "auto" else "blue/green"
+        mode = MODES[self.reload]
         return (f"{self.broken:8} {mode:10} {self.outcome:12} {self.server_errors:5} 5xx of "
                 f"{self.requests:5}, window {self.window:.2f} s, deploy {self.deploy_s:.1f} s")
 
@@ -112,10 +112,11 @@ class Exposure:
         return found
 
 
-ALL = [("gunicorn", "auto"), ("gunicorn", "bluegreen"), ("always", "auto"),
+MODES = {"hup": "HUP", "auto": "rolling", "bluegreen": "blue/green swap"}
+ALL = [("gunicorn", "hup"), ("gunicorn", "auto"), ("gunicorn", "bluegreen"), ("always", "auto"),
        ("always", "bluegreen")]
-TARGET = {("gunicorn", "auto"): "≤ 1 s", ("gunicorn", "bluegreen"): "0",
-          ("always", "auto"): "0", ("always", "bluegreen"): "0"}
+TARGET = {("gunicorn", "hup"): "≤ 1 s", ("gunicorn", "auto"): "-",
+          ("gunicorn", "bluegreen"): "0", ("always", "auto"): "0", ("always", "bluegreen"): "0"}
 
 
 def rows(bg: BlueGreenSite, url: str) -> list[list[str]]:
@@ -124,7 +125,7 @@ def rows(bg: BlueGreenSite, url: str) -> list[list[str]]:
     for c in Exposure(bg, url).run(ALL):
         what = ("/healthz fails only under Gunicorn" if c.broken == "gunicorn"
                 else "/healthz raises for every request")
-        mode = "HUP" if c.reload == "auto" else "blue/green swap"
+        mode = MODES[c.reload]
         out.append(["f", f"broken release served with 5xx, {what}, {mode}",
                     f"{c.server_errors} 5xx over {c.window:.2f} s", "n/a",
                     f"{c.outcome}, {c.requests} requests", TARGET[(c.broken, c.reload)]])
