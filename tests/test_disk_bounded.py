@@ -38,7 +38,7 @@ REQUIREMENT_CHANGES = {60: "# variant b\n", 61: "", 140: "# variant c\n"}
 
 @pytest.fixture
 def site() -> Iterator[Site]:
-    s = Site(keep_releases=KEEP)
+    s = Site(keep_releases=KEEP, workers=1)  # one Gunicorn worker: half the boots per deploy
     try:
         yield s
     finally:

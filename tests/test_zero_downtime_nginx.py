@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.load import Load
+from support.load import Load, LoadResult
 from support.nginx import BlueGreenSite, Nginx
 
 from watcher.parts.gunicorn import Workers, workers
@@ -48,6 +48,18 @@ def tail(res: subprocess.CompletedProcess[str]) -> str:
     return f"exit {res.returncode}\nstderr: {res.stderr[-3000:]}"
 
 
+def deploy_under_load(bg: BlueGreenSite, url: str, after: float = 1.0
+                      ) -> tuple[subprocess.CompletedProcess[str], LoadResult]:
+    """`watcher --once` under steady GETs of `url`/healthz, and `after` seconds more."""
+    load = Load(url + "/healthz", rate=RATE, max_seconds=120).start()
+    try:
+        res = bg.site.watcher("--once", timeout=240)
+        time.sleep(after)
+    finally:
+        result = load.stop()
+    return res, result
+
+
 def link(bg: BlueGreenSite) -> str:
     """The colour <root>/run/live.sock names."""
     return Path(os.readlink(bg.site.root / "run" / "live.sock")).stem
@@ -62,12 +74,7 @@ def test_code_only_rolling_reload_under_load_drops_nothing(bg: BlueGreenSite,
     master = bg.program(colour)["pid"]
     new = bg.site.commit({"pages/about.txt": "code only\n"}, "A code-only change")
     with Nginx(tmp_path / "nginx", PUBLISHED, bg.site.root) as nx:
-        load = Load(nx.url + "/healthz", rate=RATE, max_seconds=60).start()
-        try:
-            res = bg.site.watcher("--once", timeout=120)
-            time.sleep(1.0)
-        finally:
-            result = load.stop()
+        res, result = deploy_under_load(bg, nx.url)
     print(f"\nrolling deploy under load: {result.total} requests, {result.failed} failed, "
           f"p99 {result.p99() * 1000:.1f} ms")
     assert res.returncode == 0, tail(res)
@@ -92,12 +99,7 @@ def test_bluegreen_deploy_under_load_drops_nothing(bg: BlueGreenSite, tmp_path: 
     reqs = bg.site.read("requirements.txt")
     new = bg.site.commit({"requirements.txt": reqs + "# new venv\n"}, "Change requirements")
     with Nginx(tmp_path / "nginx", PUBLISHED, bg.site.root) as nx:
-        load = Load(nx.url + "/healthz", rate=RATE, max_seconds=120).start()
-        try:
-            res = bg.site.watcher("--once", timeout=240)
-            time.sleep(1.0)  # a little load after the old colour has stopped
-        finally:
-            result = load.stop()
+        res, result = deploy_under_load(bg, nx.url)  # and a little after the old one stopped
         log = nx.log_tail()
     print(f"\nblue/green deploy under load: {result.total} requests, {result.failed} failed, "
           f"p99 {result.p99() * 1000:.1f} ms")
@@ -129,12 +131,7 @@ def test_release_broken_under_gunicorn_never_gets_a_request_from_nginx(
     access.unlink(missing_ok=True)
     try:
         with Nginx(tmp_path / "nginx", PUBLISHED, bg.site.root) as nx:
-            load = Load(nx.url + "/healthz", rate=RATE, max_seconds=120).start()
-            try:
-                res = bg.site.watcher("--once", timeout=240)
-                time.sleep(0.5)
-            finally:
-                result = load.stop()
+            res, result = deploy_under_load(bg, nx.url, after=0.5)
     finally:
         bg.set_reload("auto")
     assert res.returncode == 1, tail(res)
@@ -213,12 +210,9 @@ def test_bluegreen_ready_url_ends_the_settle_without_loss(bg: BlueGreenSite,
     new = bg.site.commit({"requirements.txt": reqs + "# ready_url\n"}, "Requirements again")
     with Nginx(tmp_path / "nginx", [bg.ports["blue"], bg.ports["green"]], bg.site.root) as nx:
         bg.set_ready_url(nx.url + "/healthz")
-        load = Load(nx.url + "/healthz", rate=RATE, max_seconds=120).start()
         try:
-            res = bg.site.watcher("--once", timeout=240)
-            time.sleep(1.0)
+            res, result = deploy_under_load(bg, nx.url)
         finally:
-            result = load.stop()
             bg.set_ready_url("")
             bg.site.config.write_text(text)
         log = nx.log_tail()
