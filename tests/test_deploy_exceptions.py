@@ -118,8 +118,8 @@ def test_hints_are_rate_limited_per_source_and_never_lost() -> None:
     try:
         for _ in range(98):
             hints.hint("github")
+            last_hint = time.monotonic()  # the wake must come after the hint, not its pause
             time.sleep(0.005)
-        last_hint = time.monotonic()
         deadline = last_hint + 3.0
         while not (wakes and wakes[-1] > last_hint) and time.monotonic() < deadline:
             time.sleep(0.01)
