@@ -13,7 +13,7 @@ import requests
 from watcher.config import Config, FleetConfig, ForgeConfig, is_loopback
 from watcher.delivery.forge import ForgeNotifier
 from watcher.delivery.retry import Failed as ForgeHTTPError
-from watcher.engine.bluegreen import NAMES
+from watcher.engine.bluegreen import published_link
 from watcher.engine.golive import connect
 from watcher.errors import (
     EXIT_OK,
@@ -25,7 +25,6 @@ from watcher.errors import (
 )
 from watcher.log import scrub
 from watcher.parts.gitsource import GitSource
-from watcher.parts.publish import SocketLink
 from watcher.parts.releases import Layout
 from watcher.parts.runner import clean_env, run
 from watcher.parts.supervisor_rpc import Supervisor
@@ -135,15 +134,14 @@ def _published(cfg: Config, c: _Checks) -> None:
     """With bluegreen.publish: which colour the link Nginx connects to names, and whether a
     connect through it reaches a listening Gunicorn (the next run re-points one that does
     not)."""
-    bg = cfg.bluegreen
-    if bg is None or not bg.publish:
+    link = published_link(cfg)
+    if link is None:
         return
-    link = SocketLink(bg.publish, dict(zip(NAMES, bg.sockets, strict=True)))
     colour = link.pointed() or "no colour"
     if link.answers():
-        c.ok("published socket", f"{bg.publish} -> {colour}, answers")
+        c.ok("published socket", f"{link.path} -> {colour}, answers")
     else:
-        c.warn("published socket", f"{bg.publish} -> {colour}, nothing answers: Nginx gets "
+        c.warn("published socket", f"{link.path} -> {colour}, nothing answers: Nginx gets "
                "502 until the next `watcher --once` or daemon check points it at the running "
                "colour (fine before the first deploy)")
 

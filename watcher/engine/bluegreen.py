@@ -64,6 +64,14 @@ STOP_TIMEOUT_S = 45.0
 DRAIN_S = 0.2
 
 
+def published_link(cfg: Config) -> SocketLink | None:
+    """`bluegreen.publish` with each colour's socket, or None without it."""
+    bg = cfg.bluegreen
+    if bg is None or not bg.publish:
+        return None
+    return SocketLink(bg.publish, dict(zip(NAMES, bg.sockets, strict=True)))
+
+
 @dataclass(frozen=True)
 class Colour:
     name: str  # "blue" | "green"
@@ -92,8 +100,7 @@ class BlueGreen:
         self.colours = tuple(Colour(n, p, u) for n, p, u in
                              zip(NAMES, bg.programs, bg.health_urls, strict=True))
         self.settle = bg.settle
-        self.link = (SocketLink(bg.publish, dict(zip(NAMES, bg.sockets, strict=True)))
-                     if bg.publish else None)
+        self.link = published_link(cfg)
 
     # -- queries -------------------------------------------------------------------------
     def by_name(self, name: str) -> Colour | None:
