@@ -6,8 +6,10 @@
         d.wait_for("check.unchanged", after=1)            # the second one
 
 Keyword overrides become `WATCHER_<KEY>` variables (the config file stays the Site's); the
-caller's own WATCHER_* variables are dropped. Leaving the block SIGKILLs a daemon still
-running, so no test leaves one behind.
+caller's own WATCHER_* variables are dropped. Leaving the block stops a daemon still
+running: SIGTERM first, so a deploy under way finishes and the next test finds the site
+settled (not a half-done deploy to redo at its first check), then SIGKILL after `grace`
+seconds, so no test leaves one behind.
 """
 
 from __future__ import annotations
@@ -105,10 +107,14 @@ class DaemonProcess:
             self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout=timeout)
 
-    def close(self) -> None:
+    def close(self, grace: float = 60.0) -> None:
         if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
         self._log.close()
 
 

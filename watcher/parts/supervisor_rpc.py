@@ -23,6 +23,7 @@ from watcher.parts.supervisor_link import SupervisorLink
 RUNNING = "RUNNING"
 STOPPED_STATES = frozenset({"STOPPED", "EXITED", "FATAL", "UNKNOWN"})
 POLL_INTERVAL = 0.1
+STOP_NOTE_S = 10.0  # how often a long stop (a warm shutdown) is logged as still under way
 
 
 @dataclass(frozen=True)
@@ -166,12 +167,19 @@ class Supervisor:
         """Stop `program` and wait until it is down; a program not running is fine."""
         structlog.get_logger().info("supervisor.stop", program=program)
         self._call("stopProcess", program, False, ok=(Faults.NOT_RUNNING,))
-        deadline = time.monotonic() + wait_timeout
+        started = time.monotonic()
+        deadline, next_note = started + wait_timeout, started + STOP_NOTE_S
         while (info := self.info(program)).statename not in STOPPED_STATES:
-            if time.monotonic() >= deadline:
+            now = time.monotonic()
+            if now >= deadline:
                 raise SupervisorFault(
                     f"{program} did not stop within {wait_timeout:g}s ({info.statename})"
                 )
+            if now >= next_note:  # a warm shutdown can wait minutes for a task: say so
+                structlog.get_logger().info("supervisor.stopping", program=program,
+                                            state=info.statename, waited_s=round(now - started),
+                                            limit_s=round(wait_timeout))
+                next_note = now + STOP_NOTE_S
             time.sleep(POLL_INTERVAL)
 
     def wait_running(self, program: str, timeout: float) -> ProcessInfo:
