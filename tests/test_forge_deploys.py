@@ -171,3 +171,28 @@ def test_the_forge_token_appears_in_no_log_state_or_report(site: Site) -> None:
             if path.is_file() and path.name != "lock":
                 assert TOKEN not in path.read_text(errors="replace"), path
         assert all(TOKEN not in r.body.decode() for r in site.api.requests)
+
+
+def test_a_deploy_cut_short_by_supervisord_down_ends_its_status_and_is_retried(
+        site: Site) -> None:
+    """supervisord unreachable once the release is built: exit 3, nothing marked bad, and
+    the commit's `running` status on GitLab is ended (canceled), so the next check's deploy
+    of the same commit is accepted as running -> success rather than refused."""
+    with FakeForge("gitlab", TOKEN, REPO["gitlab"]) as forge:
+        use_forge(site, forge)
+        good = restore(site, "supervisord down")
+        config = site.config.read_text()
+        url = re.search(r'\[supervisor\]\nurl = "([^"]+)"', config)
+        assert url is not None
+        site.config.write_text(config.replace(url.group(1), "http://127.0.0.1:9/RPC2"))
+        res = site.watcher("--once")
+        site.config.write_text(config)
+        assert res.returncode == 3, res.stderr[-3000:]
+        assert [(s, st) for s, st, _ in forge.statuses] == [(good, "running"),
+                                                            (good, "canceled")]
+        assert "supervisor" in forge.statuses[-1][2], forge.statuses[-1]
+        res = site.watcher("--once")
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert [st for _, st, _ in forge.statuses] == ["running", "canceled", "running",
+                                                      "success"]
+        assert forge.refused == []

@@ -268,3 +268,29 @@ def test_a_rollback_by_hand_is_a_new_github_deployment_of_the_older_commit(
         assert [(d.sha, d.statuses) for d in deps] == [
             (NEW, ["in_progress", "success", "inactive"]), (OLD, ["in_progress", "success"])]
         assert deps[1].descriptions[-1].startswith("rolled back by hand: live on production as ")
+
+
+INTERRUPTED = {"github": "error", "gitlab": "canceled", "gitea": "error",
+               "bitbucket": "STOPPED"}
+
+
+def test_an_interrupted_deploy_ends_its_pending_status_and_the_retry_is_accepted(
+        forge: FakeForge, tmp_path: Path) -> None:
+    """A deploy stopped short through no fault of the commit (supervisord or the remote
+    unreachable, a SIGTERM) ends its pending status instead of leaving it running for good;
+    the next check's deploy of the same commit then goes pending -> success, which GitLab
+    would refuse on top of a status still running."""
+    n = notifier(forge, tmp_path)
+    first = new_report_id()
+    n.started(first, "deploy", NEW, OLD)
+    n.interrupted(first, NEW, OLD, "supervisord at http://127.0.0.1:9/RPC2 unreachable")
+    run_deploy(n, "succeeded")
+    assert forge.refused == []
+    assert [(s, st) for s, st, _ in forge.statuses] == [
+        (NEW, PENDING[forge.forge]), (NEW, INTERRUPTED[forge.forge]),
+        (NEW, PENDING[forge.forge]), (NEW, FINAL["succeeded"][forge.forge])]
+    assert forge.statuses[1][2].startswith("interrupted, retried at the next check: ")
+    if forge.forge == "github":
+        deps = sorted(forge.deployments.values(), key=lambda d: d.id)
+        assert [d.statuses for d in deps] == [["in_progress", "error"],
+                                              ["in_progress", "success"]]

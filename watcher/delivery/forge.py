@@ -46,9 +46,15 @@ DEFAULT_API = {
 }
 _REST_S = 60.0  # after a failed send, only spool for this long (the next check tries again)
 _DESCRIPTION_MAX = 140  # GitHub's limit for a deployment status; the others take more
-_GITLAB = {"pending": "running", "success": "success", "failure": "failed", "error": "failed"}
+# Our states, as each forge spells them. `interrupted`: the deploy stopped for a reason that
+# is not the commit's (the remote, supervisord or the fleet unreachable, a SIGTERM) and the
+# next check tries again; the pending status must still end, or it stays "running" for good
+# (and GitLab refuses the next run's "running" on top of it).
+_GITHUB = {"interrupted": "error"}  # GitHub and Gitea; the others are their own names
+_GITLAB = {"pending": "running", "success": "success", "failure": "failed", "error": "failed",
+           "interrupted": "canceled"}
 _BITBUCKET = {"pending": "INPROGRESS", "success": "SUCCESSFUL", "failure": "FAILED",
-              "error": "FAILED"}
+              "error": "FAILED", "interrupted": "STOPPED"}
 _FINAL = {"succeeded": "success", "failed": "failure", "rolled_back": "failure",
           "rollback_failed": "error"}
 
@@ -80,7 +86,7 @@ class ForgeStatus:
     event: str  # deploy | rollback
     sha: str
     from_sha: str | None
-    state: str  # pending | success | failure | error
+    state: str  # pending | success | failure | error | interrupted
     description: str
 
 
@@ -93,7 +99,8 @@ def actions(forge: str, status: ForgeStatus) -> list[dict[str, Any]]:
     if forge == "github":
         if status.state == "pending":
             docs.append({"action": "deployment", "sha": status.sha})
-        gh_state = "in_progress" if status.state == "pending" else status.state
+        gh_state = {"pending": "in_progress"}.get(status.state, _GITHUB.get(status.state,
+                                                                            status.state))
         docs.append({"action": "deployment_status", "sha": status.sha, "state": gh_state})
         if status.state == "success" and status.from_sha and status.from_sha != status.sha:
             docs.append({"action": "inactivate", "sha": status.from_sha})
@@ -117,6 +124,16 @@ class ForgeNotifier:
             return  # a rollback's statuses are sent once, at its end
         self._send(actions(self.cfg.type, ForgeStatus(run, event, sha, from_sha, "pending",
                                                       f"deploying to {self.cfg.environment}")))
+
+    def interrupted(self, run: str, sha: str, from_sha: str | None, reason: str) -> None:
+        """The deploy `started` announced stopped short, through no fault of the commit: its
+        pending status ends (an error on GitHub and Gitea, canceled on GitLab, STOPPED on
+        Bitbucket) saying the next check retries it."""
+        text = " ".join(f"interrupted, retried at the next check: {reason}".split())
+        if len(text) > _DESCRIPTION_MAX:
+            text = text[:_DESCRIPTION_MAX - 1] + "…"
+        self._send(actions(self.cfg.type, ForgeStatus(run, "deploy", sha, from_sha,
+                                                      "interrupted", text)))
 
     def finished(self, report: Report) -> None:
         """The run ended: success, failure or error, saying why; the replaced one inactive."""
@@ -232,7 +249,8 @@ class ForgeNotifier:
                     "url": url or f"https://bitbucket.org/{self.cfg.repo}/commits/{sha}"}
             path = self._repo_path(f"/commit/{sha}/statuses/build")
         else:  # github, gitea
-            body = {"state": state, "context": f"watcher/{env}", "description": description}
+            body = {"state": _GITHUB.get(state, state), "context": f"watcher/{env}",
+                    "description": description}
             path = self._repo_path(f"/statuses/{sha}")
         if url and forge != "bitbucket":
             body["target_url"] = url

@@ -186,10 +186,8 @@ class Deployer:
                     self.rollout.await_migration(sha, builder.migrate_now)
             finally:
                 run.warnings = list(builder.policy.warnings)
-        except (TransientError, Interrupted):
-            # Not the commit's fault: nothing is marked bad, the next check tries again.
-            releases.remove(release)
-            self.journal.last_check(state, "transient", sha)
+        except (TransientError, Interrupted) as exc:
+            self._stopped_short(state, run, release, exc)
             raise
         except StepFailed as exc:
             return self._failed(state, run, builder, name, exc)
@@ -202,9 +200,8 @@ class Deployer:
             if self.rollout is not None:  # at most fleet.max_parallel servers from here on
                 try:
                     mark = fleet_slot.enter_context(self.rollout.slot(sha))
-                except TransientError:
-                    releases.remove(release)
-                    self.journal.last_check(state, "transient", sha)
+                except TransientError as exc:
+                    self._stopped_short(state, run, release, exc)
                     raise
                 if mark is not None:  # rolled back elsewhere while this one was building
                     releases.remove(release)
@@ -223,9 +220,8 @@ class Deployer:
         A fleet's rollout slot is given back once the release is recorded live."""
         try:  # supervisord unreachable: transient (exit 3) before anything is switched
             self.switcher.ensure_reachable()
-        except TransientError:
-            releases.remove(release)
-            self.journal.last_check(state, "transient", sha)
+        except TransientError as exc:
+            self._stopped_short(state, run, release, exc)
             raise
         except Exception as exc:  # a bug answering it: nothing switched, the deploy failed
             return self._failed(state, run, builder, name,
@@ -254,6 +250,13 @@ class Deployer:
         if prune is not None:
             self.after.prune_after_report(state, prune, run)
         return outcome
+
+    def _stopped_short(self, state: State, run: Run, release: Path, exc: Exception) -> None:
+        """Not the commit's fault (exit 3, or a signal): nothing is marked bad, the release
+        being built goes, the forge's pending status ends, the next check tries again."""
+        releases.remove(release)
+        self.journal.last_check(state, "transient", run.to_sha)
+        self.journal.interrupted(run, str(exc) or type(exc).__name__)
 
     def _failed(self, state: State, run: Run, builder: Builder | None, name: str,
                 exc: StepFailed) -> Outcome:

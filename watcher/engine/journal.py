@@ -95,6 +95,12 @@ class Journal:
             self.forge.started(run.id, event, to_sha, run.from_sha)
         return run
 
+    def interrupted(self, run: Run, reason: str) -> None:
+        """`run` stopped short through no fault of its commit (a transient error, a signal):
+        nothing is recorded against it, but the forge's pending status is ended."""
+        if self.forge is not None:
+            self.forge.interrupted(run.id, run.to_sha, run.from_sha, scrub(reason))
+
     def went_live(self, state: State, run: Run, record: ReleaseRecord) -> None:
         """`record` is live and healthy: record it, with its history entry and a report in
         the spool, before anything else runs (hooks, pruning). See the crash points above."""
