@@ -22,6 +22,7 @@ from watcher.config import DjangoConfig
 from watcher.engine.migrations import ALLOWED, MigrationPolicy, decide
 from watcher.parts.django_findings import Inspection, Verdict
 from watcher.parts.django_steps import Django
+from watcher.parts.state import State
 
 BASE = """
 migrations.CreateModel(name="Item", fields=[
@@ -382,3 +383,30 @@ def test_policy_from_the_classes(inspection: Inspection, mode: str, first: bool,
                                  expect: MigrationPolicy) -> None:
     """refuse / warn / off, first deploys and --allow-unsafe-migrations, as DESIGN 2a says."""
     assert decide(inspection, mode, first_deploy=first, allow_unsafe=allow) == expect
+
+
+def test_contract_migrations_the_live_release_left_run_before_the_switch() -> None:
+    """A contract migration left pending by the live release (12b failed or postponed) is
+    safe before the next switch: a newer migration that depends on it (classed unsafe for
+    that in the gate) no longer gets the deploy refused, and nothing is held for after."""
+    removal = Verdict("c.0002", "DeleteModel(tag)", "unsafe", "removes what the old code may "
+                      "still use, and c.0003 (which runs before the switch) depends on it",
+                      "move the removal into a later deploy")
+    inspection = Inspection("", "", ("c.0002", "c.0003"),
+                            (removal, _v("c.0003", "safe", "AddField(visit.tag)")))
+    assert decide(inspection, "refuse", first_deploy=False, allow_unsafe=False).refusal
+    policy = decide(inspection, "refuse", first_deploy=False, allow_unsafe=False,
+                    left=frozenset({"c.0002"}))
+    assert policy == MigrationPolicy()  # one plain `migrate` before the switch runs both
+    held = Inspection("", "", ("c.0002",), (CONTRACT,))
+    assert decide(held, "refuse", first_deploy=False, allow_unsafe=False,
+                  left=frozenset({"c.0002"})) == MigrationPolicy()
+
+
+def test_only_the_live_release_leaves_contract_migrations() -> None:
+    """After a rollback, the older live code may use what they remove: none count as left."""
+    state = State(live="r2", contract_left={"release": "r2", "migrations": ["c.0002"]})
+    assert state.left_by_live() == frozenset({"c.0002"})
+    assert State.from_json(state.to_json()).left_by_live() == frozenset({"c.0002"})
+    state.live = "r1"
+    assert state.left_by_live() == frozenset()

@@ -270,3 +270,48 @@ def test_rollback_migrate_refuses_an_irreversible_migration(site: Site) -> None:
     print(res.stdout)
     assert res.returncode == 0, tail(res)
     assert "pages.0006_forwards_only" in res.stdout and "pages.0005_delete_note" in res.stdout
+
+
+TAG = '''
+
+class Tag(models.Model):
+    name = models.TextField(null=True)
+'''
+
+
+def test_a_failed_contract_migration_runs_before_the_next_switch(site: Site) -> None:
+    """A contract migration that fails after the switch leaves the new release live and says
+    so; the next commit's migration depends on it (as any new migration of the app does),
+    and that deploy runs both before its switch instead of refusing the pending removal."""
+    create_tag = ('migrations.CreateModel("Tag", [("id", models.BigAutoField(primary_key=True)),'
+                  ' ("name", models.TextField(null=True))])')
+    site.commit({"pages/models.py": models(SIZE)["pages/models.py"] + TAG,
+                 **migration("0007_tag", "0006_forwards_only", create_tag)}, "Tags")
+    res = site.watcher("--once")
+    assert res.returncode == 0, tail(res)
+    db = site.root / "shared" / "data" / "db.sqlite3"
+    with sqlite3.connect(db) as conn:  # gone behind Django's back: its DeleteModel fails
+        (create,) = conn.execute("SELECT sql FROM sqlite_master WHERE name='pages_tag'").fetchone()
+        conn.execute("DROP TABLE pages_tag")
+    removal = site.commit({**models(SIZE), **migration(
+        "0008_delete_tag", "0007_tag", 'migrations.DeleteModel("Tag")')}, "No more tags")
+    res = site.watcher("--once")
+    assert res.returncode == 0, tail(res)
+    doc = report(site)
+    outcomes = {s["name"]: s["outcome"] for s in doc["steps"]}
+    assert (doc["outcome"], outcomes["contract_migrate"]) == ("succeeded", "failed")
+    assert any("contract migrations failed" in w for w in doc["warnings"]), doc["warnings"]
+    assert settled(site, removal) == removal
+    with sqlite3.connect(db) as conn:  # the operator puts it back: the removal can run
+        conn.execute(create)
+    site.commit({**models("    tag = models.TextField(null=True)\n", SIZE), **migration(
+        "0009_visit_tag", "0008_delete_tag",
+        'migrations.AddField("visit", "tag", models.TextField(null=True))')}, "Tag visits")
+    res = site.watcher("--once")
+    assert res.returncode == 0, tail(res)
+    doc = report(site)
+    assert doc["outcome"] == "succeeded", doc["error"]
+    assert doc["migrations_applied"] == ["pages.0008_delete_tag", "pages.0009_visit_tag"]
+    assert "pages_tag" not in tables(site) and "tag" in columns(site)
+    names = [s["name"] for s in doc["steps"]]
+    assert names.index("migrate") < names.index("switch")

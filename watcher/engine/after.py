@@ -56,7 +56,8 @@ class AfterSteps:
         """Step 12b (DESIGN 2a): the contract migrations, once the new release passed health
         and the old code no longer serves (after a HUP: its old workers are gone; a restart or
         a blue/green swap stopped them already). A failure keeps the new release, which does
-        not use what they remove: reported in `warnings`, and the next deploy retries them."""
+        not use what they remove: reported in `warnings`, and the next deploy retries them,
+        before its switch (`state.contract_left`: a new migration may depend on them)."""
         live = state.live_record()
         if not migrations or live is None:
             run.steps.skipped("contract_migrate", "no contract migrations pending")
@@ -67,6 +68,8 @@ class AfterSteps:
                    f"serve the previous code (pids {', '.join(map(str, left))})")
             run.warnings.append(why)
             run.steps.skipped("contract_migrate", why)
+            state.contract_left = {"release": live.name, "migrations": migrations}
+            self.state_file.save(state)
             return
         # Crash point: a kill from here until the save in `finally` leaves `contract` in
         # state.json; the next start runs `migrate` in the live release (recovery.py). Django
@@ -78,7 +81,9 @@ class AfterSteps:
                 Django(self.cfg.django, self.layout.release(live.name)).migrate(
                     step="contract_migrate")
             run.migrations = [*run.migrations, *migrations]
+            state.contract_left = {}
         except WatcherError as exc:
+            state.contract_left = {"release": live.name, "migrations": migrations}
             run.warnings.append(f"contract migrations failed; the new release stays and the "
                                 f"next deploy retries them: {exc}")
             log.warning("contract_migrate.failed", error=str(exc))

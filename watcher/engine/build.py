@@ -32,7 +32,7 @@ class Builder:
     def __init__(self, cfg: Config, layout: Layout, release: Path, plan: Plan,
                  steps: StepLog, venv_digest: str, live_release: Path | None,
                  allow_unsafe: bool = False, fleet: FleetRollout | None = None,
-                 sha: str = "") -> None:
+                 sha: str = "", contract_left: frozenset[str] = frozenset()) -> None:
         self.cfg = cfg
         self.layout = layout
         self.release = release
@@ -43,6 +43,7 @@ class Builder:
         self.django = Django(cfg.django, release)
         self.inspection: Inspection | None = None
         self.allow_unsafe = allow_unsafe  # `deploy --allow-unsafe-migrations`
+        self.contract_left = contract_left  # contract migrations the live release left
         self.policy = MigrationPolicy()  # from the migration classes (DESIGN 2a)
         # Which pending migrations ran, also when migrate failed halfway (MySQL DDL is not
         # transactional, so a failed migrate can leave the schema partly changed).
@@ -82,7 +83,7 @@ class Builder:
         with self.steps.step("check", step.reason):
             self.inspection = self.django.inspect(gate=True, classify=mode != "off", smoke=spec)
             self.policy = decide(self.inspection, mode, first_deploy=self.live_release is None,
-                                 allow_unsafe=self.allow_unsafe)
+                                 allow_unsafe=self.allow_unsafe, left=self.contract_left)
             for warning in self.policy.warnings:
                 log.warning("migrate.warning", warning=warning)
             if self.policy.refusal:  # before any migration ran: the schema is untouched

@@ -179,7 +179,7 @@ class Deployer:
                      reasons={s.name: s.reason for s in plan.steps})
             builder = Builder(self.cfg, self.layout, release, plan, run.steps, digest,
                               self.layout.release(live.name) if live else None, allow_unsafe,
-                              fleet=self.rollout, sha=sha)
+                              fleet=self.rollout, sha=sha, contract_left=state.left_by_live())
             try:
                 builder.run()
                 if self.rollout is not None:  # another server's migration: its result first

@@ -27,15 +27,18 @@ class MigrationPolicy:
 
 
 def decide(inspection: Inspection, mode: str, *, first_deploy: bool,
-           allow_unsafe: bool) -> MigrationPolicy:
+           allow_unsafe: bool, left: frozenset[str] = frozenset()) -> MigrationPolicy:
     """What to do with the pending migrations, from their classes.
 
     `refuse` stops on any unsafe operation, `warn` (or `--allow-unsafe-migrations`) runs them
     and lists them; `off` classes nothing. A first deploy has no old code to protect: all
-    runs before the switch and nothing is refused. Contract migrations wait for step 12b.
+    runs before the switch and nothing is refused. Contract migrations wait for step 12b,
+    but those the live release left pending (`left`: 12b failed or was postponed) are safe
+    now and run before the switch.
     """
     if mode == "off" or not inspection.pending:
         return MigrationPolicy()
+    inspection = inspection.with_left(left)
     unsafe = inspection.of_class("unsafe")
     warnings = [f"unknown migration operation: {v.line()}"
                 for v in inspection.of_class("unknown")]

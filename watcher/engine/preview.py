@@ -64,7 +64,7 @@ def preview(deployer: Deployer, rev: str | None) -> dict[str, Any]:
         if not rev:
             _automatic_gates(cfg, state.is_bad(sha), changed, out)
         _inspect(deployer, sha, live.sha if live else None, live.venv if live else None,
-                 changed, out)
+                 state.left_by_live(), changed, out)
     return _decide(out)
 
 
@@ -94,7 +94,7 @@ def _automatic_gates(cfg: Config, bad: bool, changed: frozenset[str] | None,
 
 
 def _inspect(deployer: Deployer, sha: str, live_sha: str | None, live_venv: str | None,
-             changed: frozenset[str] | None, out: dict[str, Any]) -> None:
+             left: frozenset[str], changed: frozenset[str] | None, out: dict[str, Any]) -> None:
     """Export into a temp dir, venv, Django gate and inspection; the temp dir removed."""
     cfg, layout = deployer.cfg, deployer.layout
     tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=layout.state_dir))
@@ -134,7 +134,7 @@ def _inspect(deployer: Deployer, sha: str, live_sha: str | None, live_venv: str 
                             if v.migration == name]}
             for name in inspection.pending]
         policy = decide(inspection, cfg.django.migration_safety, first_deploy=live_sha is None,
-                        allow_unsafe=False)
+                        allow_unsafe=False, left=left)
         if policy.refusal:
             out["refusals"].append(policy.refusal)
         out["notes"] += policy.warnings

@@ -90,5 +90,6 @@ def _contract(cfg: Config, layout: Layout, journal: Journal, state: State) -> No
             log.warning("contract.recovered", release=release, migrations=pending)
         except WatcherError as exc:
             log.error("contract.recover_failed", release=release, error=str(exc))
+            state.contract_left = dict(state.contract)  # the next deploy runs them first
     state.contract = {}
     journal.state_file.save(state)

@@ -8,7 +8,7 @@ them (which migrations run before the switch, whether the static files are carri
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -145,6 +145,17 @@ class Inspection:
     verdicts: tuple[Verdict, ...] = ()
     leaves: dict[str, str] = field(default_factory=dict)  # app -> newest migration known
     smoke: SmokeReport | None = None  # step 9a run in the gate's boot (or deferred)
+
+    def with_left(self, left: frozenset[str]) -> Inspection:
+        """The same inspection with the contract migrations in `left`, which the live release
+        left pending, classed safe: the live code was built without what they remove, so they
+        may run before the switch, also when a new migration depends on them."""
+        if not left:
+            return self
+        why = "a contract migration the live release left pending: its code no longer uses it"
+        return replace(self, verdicts=tuple(
+            replace(v, klass="safe", why=why, fix="") if v.migration in left else v
+            for v in self.verdicts))
 
     def of_class(self, klass: str) -> list[Verdict]:
         return [v for v in self.verdicts if v.klass == klass]

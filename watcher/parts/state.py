@@ -47,10 +47,22 @@ class State:
     # written before they start and cleared when they end; a kill in between leaves it for
     # the next start, which runs them again.
     contract: dict[str, Any] = field(default_factory=dict)
+    # Contract migrations the live release left pending (step 12b failed or was postponed):
+    # {"release": name, "migrations": [...]}. Its code does not use what they remove, so the
+    # next deploy may run them before its switch (DESIGN 2a: "the next deploy retries them").
+    contract_left: dict[str, Any] = field(default_factory=dict)
 
     # -- queries -------------------------------------------------------------------------
     def live_record(self) -> ReleaseRecord | None:
         return self.releases.get(self.live) if self.live else None
+
+    def left_by_live(self) -> frozenset[str]:
+        """The contract migrations the live release left pending (none once another release
+        went live: after a rollback the older code may still use what they remove)."""
+        left = self.contract_left
+        if not self.live or left.get("release") != self.live:
+            return frozenset()
+        return frozenset(str(m) for m in left.get("migrations", []))
 
     def previous(self, existing: set[str]) -> ReleaseRecord | None:
         """The newest good release older than the live one that is still on disk."""
@@ -85,6 +97,7 @@ class State:
             "history": self.history,
             "last_check": self.last_check,
             "contract": self.contract,
+            "contract_left": self.contract_left,
         }
 
     @classmethod
@@ -96,6 +109,7 @@ class State:
             history=list(data.get("history", [])),
             last_check=dict(data.get("last_check", {})),
             contract=dict(data.get("contract", {})),
+            contract_left=dict(data.get("contract_left", {})),
         )
 
 
