@@ -7,6 +7,7 @@ import io
 import json
 import re
 import string
+from pathlib import Path
 
 import pytest
 import structlog
@@ -14,7 +15,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from watcher import log
+from watcher.config import server_name
+from watcher.config_load import load
+from watcher.engine.journal import Journal, Run
+from watcher.engine.steps import StepLog
 from watcher.log import MASK, scrub
+from watcher.parts.releases import Layout
+from watcher.parts.state import StateFile
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -91,3 +98,28 @@ def test_log_lines_reports_and_status_are_scrubbed(capsys: pytest.CaptureFixture
     assert event["url"] == "redis://***@r:6379"
     assert event["urls"] == ["postgres://***@db"]
     assert event["nested"] == {"u": "https://***@h"}
+
+
+def test_report_warnings_are_scrubbed_and_name_the_fleet_host(tmp_path: Path) -> None:
+    """A warning carrying a URL with credentials (a contract migration's error, say) leaves
+    the journal masked; with [fleet] the report's host is fleet.host, as in /metrics."""
+    config = tmp_path / "watcher.toml"
+    config.write_text(f"""
+[app]
+name = "mysite"
+root = "{tmp_path / 'app'}"
+[git]
+remote = "/nowhere.git"
+[supervisor]
+programs = ["mysite"]
+[fleet]
+redis_url = "redis://127.0.0.1:6379/0"
+host = "web-7"
+""")
+    cfg = load(config, environ={})
+    journal = Journal(cfg, Layout(cfg.app.root), StateFile(cfg.state_dir / "state.json"))
+    run = Run(event="deploy", from_sha=None, to_sha="b" * 40, steps=StepLog())
+    run.warnings.append("contract migrations failed: postgres://app:canary-pw@db/site down")
+    doc = journal._report(run, "succeeded", "r1", None).to_dict()
+    assert doc["warnings"] == ["contract migrations failed: postgres://***@db/site down"]
+    assert doc["host"] == "web-7" == server_name(cfg)

@@ -8,6 +8,7 @@ config: only `*_file` paths, read at each use by `read_secret`.
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,10 @@ class FleetConfig:
     lease: float = _dur(30.0)
     wait: float = _dur(600.0)  # longest wait for another server's migration or a rollout slot
 
+    def server(self) -> str:
+        """This server's name in the fleet: `host`, else the hostname."""
+        return self.host or socket.gethostname()
+
 
 @dataclass(frozen=True)
 class Config:
@@ -230,3 +235,9 @@ def read_secret(path: str, key: str) -> str:
         return Path(path).read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise ConfigError(f"{key}: cannot read {path}: {exc.strerror}") from None
+
+
+def server_name(cfg: Config) -> str:
+    """The name reports, history and metrics give this server: fleet.host with [fleet], else
+    the hostname."""
+    return cfg.fleet.server() if cfg.fleet is not None else socket.gethostname()

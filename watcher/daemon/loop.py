@@ -12,7 +12,6 @@ import os
 import random
 import secrets
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -22,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from watcher.config import Config, read_secret
+from watcher.config import Config, read_secret, server_name
 from watcher.control import active_pause, schedule_of
 from watcher.daemon.forges import watched
 from watcher.daemon.hints import Hints
@@ -59,8 +58,7 @@ class Daemon:
         self.deployer = Deployer(cfg, clock)
         self.hints = Hints()
         # With [fleet] every series says which server it is from (fleet.host or hostname).
-        self.metrics = Metrics(host=(cfg.fleet.host or socket.gethostname())
-                               if cfg.fleet is not None else "")
+        self.metrics = Metrics(host=server_name(cfg) if cfg.fleet is not None else "")
         self.stopping = threading.Event()
         self.rng = random.Random()  # noqa: S311 - jitter, not cryptography
         self.failures = 0

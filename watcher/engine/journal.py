@@ -14,7 +14,6 @@ after it) that the next flush delivers; `close` replaces both with the complete 
 
 from __future__ import annotations
 
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import structlog
 
 from watcher import __version__
-from watcher.config import Config
+from watcher.config import Config, server_name
 from watcher.delivery.forge import ForgeNotifier
 from watcher.delivery.http import Reporter, ReportTarget
 from watcher.delivery.mail import EmailNotifier, enabled
@@ -160,12 +159,12 @@ class Journal:
                             f"{', '.join(run.migrations)} (the schema may be partly changed)")
             error = ErrorInfo(step=exc.step, message=message, output_tail=scrub(exc.output_tail))
         return Report(
-            id=run.id, app=self.cfg.app.name, host=socket.gethostname(), event=run.event,
+            id=run.id, app=self.cfg.app.name, host=server_name(self.cfg), event=run.event,
             outcome=outcome, from_sha=run.from_sha, to_sha=run.to_sha, release=release,
             started_at=_iso(run.started), finished_at=_iso(finished),
             duration_s=round(finished - run.started, 3), steps=tuple(run.steps.results),
             error=error, commits=tuple(run.commits), migrations_applied=tuple(run.migrations),
-            watcher_version=__version__, warnings=tuple(run.warnings),
+            watcher_version=__version__, warnings=tuple(scrub(w) for w in run.warnings),
             migrations_reversed=tuple(run.migrations_reversed),
             trigger=run.trigger, actor=run.actor, tag=run.tag,
         )

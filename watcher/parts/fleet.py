@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -89,7 +88,7 @@ class Fleet:
     def __init__(self, cfg: FleetConfig, app: str, client: redis.Redis | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
-        self.host = cfg.host or socket.gethostname()
+        self.host = cfg.server()
         self.ns = f"watcher:{app}"
         self.redis = client if client is not None else connect(cfg)
         self.clock = clock
