@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 from support.forges import FakeForge
 
 from watcher.config import ForgeConfig
-from watcher.delivery.forge import ForgeNotifier, describe
+from watcher.delivery.forge import ForgeNotifier, api_url, describe
 from watcher.delivery.record import ErrorInfo, Report, new_report_id
 from watcher.delivery.retry import Failed as ForgeHTTPError
 from watcher.kinds import StepResult
@@ -294,3 +294,32 @@ def test_an_interrupted_deploy_ends_its_pending_status_and_the_retry_is_accepted
         deps = sorted(forge.deployments.values(), key=lambda d: d.id)
         assert [d.statuses for d in deps] == [["in_progress", "error"],
                                               ["in_progress", "success"]]
+
+
+ERROR = {"github": "error", "gitlab": "failed", "gitea": "error", "bitbucket": "FAILED"}
+
+
+def test_a_failed_rollback_sets_error(forge: FakeForge, tmp_path: Path) -> None:
+    """A deploy whose automatic rollback failed too ends as the forge's error state (GitHub
+    also on its Deployment), saying so."""
+    run_deploy(notifier(forge, tmp_path), "rollback_failed",
+               ErrorInfo("rollback", "supervisord did not restart mysite", ""))
+    assert forge.refused == []
+    sha, state, description = forge.statuses[-1]
+    assert (sha, state) == (NEW, ERROR[forge.forge])
+    assert description.startswith("rollback failed (rollback): supervisord did not restart")
+    if forge.forge == "github":
+        (dep,) = forge.deployments.values()
+        assert dep.statuses == ["in_progress", "error"]
+
+
+@pytest.mark.parametrize(("kind", "url"), [
+    ("github", "https://api.github.com"), ("gitlab", "https://gitlab.com/api/v4"),
+    ("gitea", "https://gitea.com/api/v1"), ("bitbucket", "https://api.bitbucket.org/2.0")])
+def test_api_url_defaults_to_each_forges_public_api(kind: str, url: str) -> None:
+    """Without forge.api_url each forge's public API; a set one (a self-hosted GitLab, GitHub
+    Enterprise) wins, without its trailing slash."""
+    assert api_url(ForgeConfig(type=kind, repo="acme/mysite", token_file="t")) == url
+    own = ForgeConfig(type=kind, repo="acme/mysite", token_file="t",
+                      api_url="https://git.example.com/api/v4/")
+    assert api_url(own) == "https://git.example.com/api/v4"
