@@ -23,6 +23,7 @@ from support.supervisord import free_port
 
 from watcher.config_load import load
 from watcher.daemon.loop import Daemon
+from watcher.schedule import DAYS
 
 pytestmark = pytest.mark.slow
 SECRET = "canary-hook-secret-14c0"
@@ -275,3 +276,22 @@ def test_window_holds_then_the_daemon_deploys_when_it_opens(box: Box) -> None:
     daemon.tick()
     assert settled(site, sha) == sha
     assert box.reports()[-1]["trigger"] == "poll"
+
+
+def test_once_outside_every_window_waits_and_exits_0(box: Box) -> None:
+    """`watcher --once` (cron's way) outside `schedule.windows` deploys nothing and exits 0,
+    recording the head as waiting for the window; run without the window, it deploys."""
+    site = box.site
+    later = DAYS[(datetime.now(timezone.utc).weekday() + 3) % 7]  # never today nor tomorrow
+    live = site.live_release()
+    sha = code_change(site, "outside the window")
+    res = box.watcher("--once", env={"WATCHER_SCHEDULE_WINDOWS": f'["{later} 00:00-00:01"]'})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert site.live_release() == live
+    check = box.last_check()
+    assert (check["result"], check["remote_sha"], check["hold"]) == ("waiting", sha,
+                                                                    "outside_window")
+    assert check["until"].endswith("T00:00:00Z")
+    res = box.watcher("--once")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert settled(site, sha) == sha
