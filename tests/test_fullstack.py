@@ -559,7 +559,9 @@ def test_workers_restart_warmly_after_health_onto_the_new_code(stack: Stack) -> 
     enqueue(stack, "warm-up")
     assert task_event(stack, "warm-up", "done")["code"] == "v1"
 
-    enqueue(stack, "long", seconds=6)
+    # Long enough to be running still when the deploy reaches its workers step (seconds
+    # after it starts), short of the sandbox's 30 s stopwaitsecs: the warm shutdown waits.
+    enqueue(stack, "long", seconds=20)
     running = task_event(stack, "long", "started")
     sha = stack.commit({"pages/tasks.py": tasks.read_text().replace(
         TASK_CODE_LINE, 'TASK_CODE = "v2"')}, "Tasks: version 2")
@@ -577,6 +579,7 @@ def test_workers_restart_warmly_after_health_onto_the_new_code(stack: Stack) -> 
     shutdowns = [e for e in events if e["event"] == "shutdown"]
     assert [(e["pid"], e["sig"], e["how"]) for e in shutdowns] == [
         (first["pid"], "SIGTERM", "Warm")]
+    assert shutdowns[0]["at"] < long_done["at"]  # TERM came mid-task; the task still finished
     logs = celery_logs(stack)
     assert "Restarting celery worker" not in logs and "SIGHUP" not in logs
     assert "supervisor.hup" not in [

@@ -315,3 +315,32 @@ def test_a_failed_contract_migration_runs_before_the_next_switch(site: Site) -> 
     assert "pages_tag" not in tables(site) and "tag" in columns(site)
     names = [s["name"] for s in doc["steps"]]
     assert names.index("migrate") < names.index("switch")
+
+
+HEALTHZ = 'return HttpResponse(f"ok {revision()}\\n", content_type="text/plain; charset=utf-8")'
+UNHEALTHY = ('if request.META.get("SERVER_SOFTWARE", "").startswith("gunicorn"):\n'
+             '        return HttpResponse("broken\\n", status=500)\n    ')
+
+
+def test_a_deploy_that_rolls_back_never_runs_its_contract_migrations(site: Site) -> None:
+    """A commit with a contract migration whose release fails its health check rolls back
+    before step 12b: the column stays for the old code; the fixed commit removes it."""
+    views = site.read("pages/views.py")
+    assert HEALTHZ in views
+    removal = migration("0010_remove_visit_tag", "0009_visit_tag",
+                        'migrations.RemoveField("visit", "tag")')
+    site.commit({**models(SIZE), **removal,
+                 "pages/views.py": views.replace(HEALTHZ, UNHEALTHY + HEALTHZ)},
+                "Drop visit tags, and a health check that fails under Gunicorn")
+    res = site.watcher("--once")
+    assert res.returncode == 1, tail(res)
+    doc = report(site)
+    assert doc["outcome"] == "rolled_back" and doc["error"]["step"] == "health", doc["error"]
+    assert "contract_migrate" not in [s["name"] for s in doc["steps"]]
+    assert "tag" in columns(site)
+    fixed = site.commit({"pages/views.py": views}, "Health fixed")
+    res = site.watcher("--once")
+    assert res.returncode == 0, tail(res)
+    doc = report(site)
+    assert {s["name"]: s["outcome"] for s in doc["steps"]}["contract_migrate"] == "ok"
+    assert "tag" not in columns(site) and settled(site, fixed) == fixed
