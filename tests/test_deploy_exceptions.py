@@ -85,14 +85,16 @@ def test_a_replayed_hook_deploys_once_and_checks_at_a_bounded_rate(box: Box) -> 
         d.wait_for("deploy.finished", timeout=60)
         started = time.monotonic()
         statuses = []
-        while time.monotonic() - started < 5.0 and len(statuses) < 98:
+        for _ in range(98):  # ~5 s on a quiet machine; longer on a busy one
             statuses.append(post_github_push(box.port, SECRET, bad))
             time.sleep(0.04)
+        took = time.monotonic() - started
         assert statuses.count(202) >= 90
         time.sleep(6.0)  # a held-back hint wakes the loop once, at the end of its gap
         assert len(d.named("deploy.start")) == 1
         known_bad = d.named("check.known_bad")
-        assert 1 <= len(known_bad) <= 3, len(known_bad)
+        # One wake per 5 s gap while they came, and the held-back one after: not 98.
+        assert 1 <= len(known_bad) <= 2 + int(took // 5), (len(known_bad), took)
         after = [e for e in d.events() if e["event"] in CHECK_EVENTS | {"step.start"}]
         first_known = after.index(known_bad[0])
         assert all(e["event"] == "check.known_bad" for e in after[first_known:])
