@@ -113,6 +113,29 @@ def test_plan_refuses_a_commit_that_fails_the_gate(box: Box) -> None:
     site.commit({"pages/views.py": views}, "Fix the import")
 
 
+UNSAFE = MIGRATION.replace('("pages", "0001_initial")', '("pages", "0002_visit_path")').replace(
+    'migrations.AddField("visit", "path", models.CharField(max_length=200, null=True))',
+    'migrations.AddField("visit", "size", models.IntegerField(default=0))')
+
+
+def test_plan_shows_an_unsafe_migration_and_its_refusal(box: Box) -> None:
+    """A NOT NULL column without db_default: plan classes it unsafe, prints the refusal a
+    deploy would stop on (the fix included) and exits 1, changing nothing."""
+    site = box.site
+    site.commit({"pages/migrations/0003_visit_size.py": UNSAFE}, "Count visit sizes")
+    before = snapshot(site)
+    res = site.watcher("plan", timeout=300)
+    print("\n$ watcher plan\n" + res.stdout)
+    assert res.returncode == 1, res.stderr[-3000:]
+    assert "-> REFUSE" in res.stdout
+    assert "pages.0003_visit_size [unsafe]" in res.stdout
+    assert ("REFUSED:      1 migration operation would break the live release while it serves "
+            "on the new schema") in res.stdout
+    assert "AddField(visit.size): NOT NULL without db_default" in res.stdout
+    assert snapshot(site) == before
+    site.commit({"pages/migrations/0003_visit_size.py": None}, "Do not count sizes")
+
+
 def test_plan_of_a_rev_and_holds(box: Box) -> None:
     """`plan REV` plans that commit (no holds apply to `deploy REV`); without REV, a pause
     shows as a hold with its reason (exit 0, nothing refused)."""
