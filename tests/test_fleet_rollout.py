@@ -158,9 +158,9 @@ def test_sigkill_of_the_migrating_watcher_another_server_finishes(
 def test_one_unhealthy_server_stops_the_rollout_and_status_shows_the_split(
         fleet: FleetSandbox) -> None:
     """web1 switches, web2 fails its health check and rolls back (marking the commit bad for
-    the fleet), web3 does not deploy it; `status --fleet` shows web1 alone on it. `watcher
-    deploy SHA` on web3 then forces it and clears the fleet-wide mark, and a manual
-    `watcher rollback` there marks it again."""
+    the fleet), web3 does not deploy it (`watcher plan` there says why first); `status
+    --fleet` shows web1 alone on it. `watcher deploy SHA` on web3 then forces it and clears
+    the fleet-wide mark, and a manual `watcher rollback` there marks it again."""
     web1, web2, web3 = fleet.servers
     before = fleet.served(web2)
     (web2.root / "shared" / ".env").write_text(
@@ -172,6 +172,10 @@ def test_one_unhealthy_server_stops_the_rollout_and_status_shows_the_split(
     try:
         _ok([fleet.start(web1).wait()])
         assert fleet.start(web2).wait().code == 1
+        plan = fleet.cli(web3, "plan", "--json")  # web3 has not seen it: the fleet's mark
+        assert plan.returncode == 1, plan.stderr[-3000:]
+        assert any(r.startswith("marked bad by web2 at step health")
+                   for r in json.loads(plan.stdout)["refusals"]), plan.stdout
         third = fleet.start(web3).wait()
     finally:
         _env(fleet, MYSITE_BROKEN_HEALTH="")

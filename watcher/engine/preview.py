@@ -22,7 +22,7 @@ from watcher.control import active_pause, schedule_of
 from watcher.engine.deploy import Deployer
 from watcher.engine.migrations import decide
 from watcher.engine.plan import PlanInput, make_plan
-from watcher.errors import EXIT_FAILED, EXIT_OK, StepFailed
+from watcher.errors import EXIT_FAILED, EXIT_OK, StepFailed, TransientError
 from watcher.gates import PathFilter, hold
 from watcher.parts import lock, venvs
 from watcher.parts.django_findings import Inspection
@@ -63,6 +63,7 @@ def preview(deployer: Deployer, rev: str | None) -> dict[str, Any]:
         _signature(cfg, deployer, sha, tag, out)
         if not rev:
             _automatic_gates(cfg, state.is_bad(sha), changed, out)
+            _fleet_mark(deployer, sha, state.is_bad(sha), out)
         _inspect(deployer, sha, live.sha if live else None, live.venv if live else None,
                  state.left_by_live(), changed, out)
     return _decide(out)
@@ -91,6 +92,22 @@ def _automatic_gates(cfg: Config, bad: bool, changed: frozenset[str] | None,
     held = hold(active_pause(cfg, now), schedule_of(cfg), now)
     out["hold"] = {"reason": held.reason, "detail": held.detail,
                    "until": iso(held.until) if held.until else None} if held else None
+
+
+def _fleet_mark(deployer: Deployer, sha: str, known: bool, out: dict[str, Any]) -> None:
+    """With [fleet], a commit another server marked bad is refused here too, as the next
+    check would (Redis unreachable: the plan says so, the check would be transient)."""
+    if deployer.rollout is None or known:
+        return
+    try:
+        mark = deployer.rollout.refused(sha)
+    except TransientError as exc:
+        out["notes"].append(f"fleet: cannot read the fleet's bad marks ({exc}): the next "
+                            "check would stop there (exit 3)")
+        return
+    if mark is not None:
+        out["refusals"].append(f"marked bad by {mark.get('host')} at step {mark.get('step')}: "
+                               f"{mark.get('message')}; not deployed on this server")
 
 
 def _inspect(deployer: Deployer, sha: str, live_sha: str | None, live_venv: str | None,
