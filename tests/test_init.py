@@ -228,10 +228,13 @@ def test_init_refuses_a_bad_value_naming_its_flag(tmp_path: Path, flag: str, val
     assert not (tmp_path / "out").exists()
 
 
-def test_init_on_a_tty_asks_for_missing_values(tmp_path: Path) -> None:
-    """On a terminal each missing value is asked for, with its default in brackets."""
+@pytest.mark.parametrize("pair", ["n", "y"])
+def test_init_on_a_tty_asks_for_missing_values(tmp_path: Path, pair: str) -> None:
+    """On a terminal each missing value is asked for, with its default in brackets, and
+    whether to set up a blue/green pair (an answer other than y or n is asked again)."""
     outdir = tmp_path / "out"
-    answers = "shop\n\nhttps://git.example.com/acme/shop.git\n\n\n\nshop.example.com\n"
+    answers = ("shop\n\nhttps://git.example.com/acme/shop.git\n\n\n\nshop.example.com\n"
+               f"maybe\n{pair}\n")
     primary, secondary = pty.openpty()
     env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHER_")}
     proc = subprocess.Popen([sys.executable, "-m", "watcher", "init", str(outdir)],
@@ -259,12 +262,14 @@ def test_init_on_a_tty_asks_for_missing_values(tmp_path: Path) -> None:
     assert proc.wait(timeout=30) == 0, text
     for prompt in ("App name", "App root (releases, venvs, shared) [/srv/shop]",
                    "Git remote to deploy from:", "Branch to deploy [main]",
-                   "Django settings module [shop.settings]", "WSGI module [shop.wsgi]"):
+                   "Django settings module [shop.settings]", "WSGI module [shop.wsgi]",
+                   "Blue/green pair, so a requirements change drops no request", "y or n, please"):
         assert prompt in text
     cfg = load(outdir / "watcher.toml", environ={})
     assert (cfg.app.name, str(cfg.app.root), cfg.git.remote) == (
         "shop", "/srv/shop", "https://git.example.com/acme/shop.git")
     assert cfg.git.token_file == "/etc/watcher/git_token" and not cfg.git.ssh_key_file
+    assert (cfg.bluegreen is not None) == (pair == "y")
     assert "server_name shop.example.com;" in (outdir / "nginx" / "shop.conf").read_text()
 
 

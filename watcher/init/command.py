@@ -32,6 +32,10 @@ _ASKED: list[tuple[str, str, str, Callable[[dict[str, Any]], str] | None]] = [
 ]
 
 
+BLUEGREEN_QUESTION = ("Blue/green pair, so a requirements change drops no request "
+                      "(two programs, 8001/8002), y or n")
+
+
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "init", help="write a starting set of files for one site",
@@ -49,8 +53,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--wsgi", metavar="MODULE", help="WSGI module (default: PACKAGE.wsgi)")
     p.add_argument("--server-name", dest="server_names", metavar="NAMES",
                    help="Nginx server_name, space-separated (default: example.com ...)")
-    p.add_argument("--bluegreen", action="store_true",
-                   help="a blue/green pair on 127.0.0.1:8001/8002 instead of one program")
+    p.add_argument("--bluegreen", action="store_true", default=None,
+                   help="a blue/green pair on 127.0.0.1:8001/8002 instead of one program "
+                   "(asked on a terminal; off otherwise)")
     p.add_argument("--port", type=int, default=0, metavar="N",
                    help="one program on 127.0.0.1:N instead of a unix socket")
     p.add_argument("--user", default="deploy", metavar="USER",
@@ -68,7 +73,10 @@ def main(args: argparse.Namespace) -> int:
     from watcher.init.site import Site, files
 
     found = read_checkout(args.from_checkout) if args.from_checkout else Found()
-    values = _gather(args, found.values, interactive=sys.stdin.isatty() and sys.stdout.isatty())
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    values = _gather(args, found.values, interactive=interactive)
+    if args.bluegreen is None:  # not given: asked on a terminal unless --port chose one program
+        args.bluegreen = interactive and not args.port and _yes(BLUEGREEN_QUESTION)
     if args.bluegreen and args.port:
         raise UsageError("--bluegreen and --port exclude each other (the pair uses 8001/8002)")
     fields = {f.name for f in dataclasses.fields(Site)}
@@ -125,6 +133,12 @@ def _ask(question: str, default: str | None) -> str:
         answer = input(f"{question}{f' [{default}]' if default else ''}: ").strip()
         if answer or default:
             return answer or str(default)
+
+
+def _yes(question: str) -> bool:
+    while (answer := _ask(question, "n").lower()) not in ("y", "yes", "n", "no"):
+        print("  y or n, please")
+    return answer.startswith("y")
 
 
 def _check(v: dict[str, Any]) -> None:
