@@ -221,3 +221,45 @@ def _rest_of_views(fleet: FleetSandbox) -> str:
     start = text.index("def healthz")
     rest = text[start:]
     return "\n\n" + rest[rest.index("@never_cache"):]
+
+
+FAILING = '''\
+import os
+
+from django.db import migrations
+
+
+def forwards(apps, schema_editor):
+    with open(os.environ["MYSITE_MIGRATION_LOG"], "a") as log:
+        log.write("0005 ran on " + os.environ.get("MYSITE_SERVER", "?") + "\\n")
+    raise RuntimeError("0005 cannot backfill the visits")
+
+
+class Migration(migrations.Migration):
+    dependencies = [("pages", "0004_count_runs")]
+    operations = [migrations.RunPython(forwards, migrations.RunPython.noop)]
+'''
+
+
+def test_a_failed_migration_stops_every_server_before_its_switch(fleet: FleetSandbox) -> None:
+    """Three servers at once on a commit whose migration raises: it runs once, on the server
+    holding the lock; that server's deploy fails and marks the commit bad for the fleet, and
+    the others, waiting for its result (or seeing the mark), fail without switching."""
+    live = [s.live_release() for s in fleet.servers]
+    served = [fleet.served(s) for s in fleet.servers]
+    head = fleet.commit({"pages/migrations/0005_fails.py": FAILING}, "A backfill that fails")
+    runs = fleet.once_all()
+    assert [r.code for r in runs] == [1, 1, 1], [r.log.read_text()[-2000:] for r in runs]
+    ran = [line for line in fleet.migration_runs() if line.startswith("0005 ")]
+    assert len(ran) == 1, ran
+    holder = ran[0].split()[-1]
+    assert [s.live_release() for s in fleet.servers] == live
+    assert [fleet.served(s) for s in fleet.servers] == served
+    mark = json.loads(fleet.cli(fleet.servers[0], "status", "--fleet", "--json").stdout)["bad"]
+    assert (mark[head]["host"], mark[head]["step"]) == (holder, "migrate"), mark
+    assert "0005 cannot backfill the visits" in mark[head]["message"]
+    others = [r for r, s in zip(runs, fleet.servers, strict=True) if s.name != holder]
+    for run in others:  # waited for the result, or saw the mark: never built a switch
+        assert any(e.get("event") in ("check.fleet_bad", "deploy.finished") for e in run.events)
+        assert not any(e.get("event") == "step.start" and e.get("step") == "switch"
+                       for e in run.events)

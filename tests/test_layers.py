@@ -22,7 +22,8 @@ SHARED_PARTS = frozenset({"watcher.parts.runner", "watcher.parts.fs"})
 # reports) and supervisor_link (the XML-RPC wire).
 OWNED_PARTS = {"watcher.parts.release_tree": "watcher.parts.gitsource",
                "watcher.parts.django_findings": "watcher.parts.django_steps",
-               "watcher.parts.supervisor_link": "watcher.parts.supervisor_rpc"}
+               "watcher.parts.supervisor_link": "watcher.parts.supervisor_rpc",
+               "watcher.parts.run_failure": "watcher.parts.runner"}
 BASE = frozenset({"watcher", "watcher.errors", "watcher.kinds", "watcher.log",
                   "watcher.config", "watcher.config_load", "watcher.config_checks",
                   "watcher.config_values"})

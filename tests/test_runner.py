@@ -17,6 +17,7 @@ import pytest
 
 from watcher.errors import Interrupted, StepFailed
 from watcher.parts import runner
+from watcher.parts.run_failure import command_name
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -130,3 +131,30 @@ def test_a_100_mb_line_costs_bounded_memory_and_keeps_its_tail() -> None:
     assert peak_mb - before_mb < 10, f"RSS went from {before_mb} MB to {peak_mb} MB"
     assert length <= runner.TAIL_CHARS
     assert out[3].strip() == repr("END\nlast line")
+
+
+@pytest.mark.parametrize(("argv", "name"), [
+    ((".venv/bin/python", "manage.py", "migrate", "--noinput"), "manage.py migrate"),
+    (("/usr/bin/setpriv", "--pdeathsig", "KILL", "--", "/srv/a/.venv/bin/python3",
+      "manage.py", "migrate", "pages", "0002", "--noinput"), "manage.py migrate"),
+    (("git", "-C", "/srv/a/repo", "fetch", "--prune", "origin"), "git fetch"),
+    (("false",), "false"),
+])
+def test_a_failed_command_is_named_as_operators_know_it(argv: tuple[str, ...],
+                                                         name: str) -> None:
+    assert command_name(argv) == name
+
+
+def test_a_failure_says_the_last_line_the_command_printed(tmp_path: Path) -> None:
+    """`manage.py migrate exited with status 1: RuntimeError: ...`, scrubbed: the message is
+    all a report, a forge status or a fleet-wide bad mark carries (not `python exited`)."""
+    script = tmp_path / "manage.py"
+    script.write_text("import sys\nprint('Applying pages.0005...', flush=True)\n"
+                      "raise RuntimeError('backfill failed at postgres://app:canary-pw@db/x')\n")
+    with pytest.raises(StepFailed) as err:
+        runner.run([sys.executable, str(script), "migrate"], step="migrate", timeout=30,
+                   cwd=tmp_path)
+    message = err.value.message
+    assert message.startswith("manage.py migrate exited with status 1: RuntimeError: ")
+    assert message.endswith("backfill failed at postgres://***@db/x")
+    assert "canary-pw" not in message

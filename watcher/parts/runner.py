@@ -19,6 +19,7 @@ import structlog
 
 from watcher.errors import Interrupted, StepFailed
 from watcher.log import scrub
+from watcher.parts.run_failure import failure
 
 TAIL_LINES = 60
 TAIL_CHARS = 4000
@@ -171,7 +172,8 @@ def run(
         timed_out=timed_out,
     )
     if check and not result.ok:
-        raise failure(step, result, timeout)
+        raise failure(step, result.argv, result.returncode, result.output, timeout,
+                      timed_out=result.timed_out)
     return result
 
 
@@ -234,15 +236,6 @@ class _Tail:
     def last_line(self) -> str:
         lines = bytes(self.buf[-TAIL_CHARS:]).decode("utf-8", "replace").splitlines()
         return lines[-1] if lines else ""
-
-
-def failure(step: str, result: Result, timeout: float) -> StepFailed:
-    name = Path(result.argv[0]).name
-    if result.timed_out:
-        message = f"{name} timed out after {timeout:g}s"
-    else:
-        message = f"{name} exited with status {result.returncode}"
-    return StepFailed(step, message, result.output, timed_out=result.timed_out)
 
 
 class _ExitWaiter:
