@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.configs import minimal_config
 from support.fixtures import run_cli
 from test_config import cfg, error_of
 
@@ -86,21 +87,6 @@ def test_a_token_over_plain_http_to_another_host_is_refused() -> None:
     assert "git.remote" in msg and "in the clear" in msg and WHERE in msg
 
 
-def write(tmp_path: Path, extra: str) -> Path:
-    path = tmp_path / "watcher.toml"
-    path.write_text(f"""
-[app]
-name = "mysite"
-root = "{tmp_path / 'app'}"
-[git]
-remote = "{tmp_path / 'none.git'}"
-[supervisor]
-url = "unix://{tmp_path / 'no.sock'}"
-programs = ["mysite"]
-{extra}""")
-    return path
-
-
 def test_config_naming_a_directory_is_exit_2_without_a_traceback(tmp_path: Path) -> None:
     """`--config DIR` is a config error naming the path (it was a traceback)."""
     result = run_cli("check", "--config", str(tmp_path))
@@ -112,10 +98,8 @@ def test_config_naming_a_directory_is_exit_2_without_a_traceback(tmp_path: Path)
 def test_https_supervisor_url_is_exit_2_before_anything_runs(tmp_path: Path) -> None:
     """`supervisor.url = "https://..."` stops `watcher --once` at load (exit 2), before any
     fetch or switch (it failed after the switch, exit 4)."""
-    config = write(tmp_path, "").read_text().replace(
-        f'url = "unix://{tmp_path / "no.sock"}"', 'url = "https://127.0.0.1:9001"')
-    (tmp_path / "watcher.toml").write_text(config)
-    result = run_cli("--once", "--config", str(tmp_path / "watcher.toml"))
+    config = minimal_config(tmp_path, supervisor_url="https://127.0.0.1:9001")
+    result = run_cli("--once", "--config", str(config))
     assert result.returncode == 2, result.stderr
     assert "supervisor.url" in result.stderr and "watcher.toml" in result.stderr
     assert not (tmp_path / "app").exists()
@@ -130,6 +114,6 @@ def test_check_warns_about_a_report_url_over_plain_http(tmp_path: Path, url: str
                                                         warned: bool) -> None:
     """`watcher check` warns when reports (and their token) would cross the network over
     plain http; https and the loopback are quiet."""
-    config = write(tmp_path, f'[report]\nurl = "{url}"\n')
+    config = minimal_config(tmp_path, f'[report]\nurl = "{url}"\n')
     result = run_cli("check", "--config", str(config))
     assert ("warn  report url" in result.stdout) is warned, result.stdout

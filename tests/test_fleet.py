@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from support.configs import minimal_config
 from support.fixtures import run_cli
 from support.services import Redis
 from support.site import REPO_ROOT
@@ -269,21 +270,8 @@ def _commands(server: Redis) -> int:
 
 # -- the commands: status --fleet, check, /metrics ----------------------------------------
 def _config(tmp_path: Path, redis_url: str, app: str, host: str = "web1") -> Path:
-    path = tmp_path / "watcher.toml"
-    path.write_text(f"""
-[app]
-name = "{app}"
-root = "{tmp_path / 'app'}"
-[git]
-remote = "{tmp_path / 'nowhere.git'}"
-[supervisor]
-url = "unix://{tmp_path / 'no-supervisor.sock'}"
-programs = ["mysite"]
-[fleet]
-redis_url = "{redis_url}"
-host = "{host}"
-""")
-    return path
+    return minimal_config(tmp_path, f'[fleet]\nredis_url = "{redis_url}"\nhost = "{host}"\n',
+                          app=app)
 
 
 def test_status_fleet_lists_servers_flags_stale_and_shows_the_split(

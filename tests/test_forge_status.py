@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
+from support.configs import minimal_config
 from support.forges import FakeForge
 
 from watcher.config import ForgeConfig
@@ -191,19 +192,7 @@ def test_watcher_check_reaches_the_forge_with_the_token(tmp_path: Path) -> None:
     with FakeForge("github", TOKEN, REPO["github"]) as forge:
         token = tmp_path / "forge_token"
         token.write_text(TOKEN + "\n")
-        config = tmp_path / "watcher.toml"
-        config.write_text(f"""
-[app]
-name = "mysite"
-root = "{tmp_path / 'app'}"
-
-[git]
-remote = "{tmp_path / 'none.git'}"
-
-[supervisor]
-url = "unix://{tmp_path}/none.sock"
-programs = ["mysite"]
-
+        config = minimal_config(tmp_path, f"""
 [forge]
 type = "github"
 api_url = "{forge.api_url}"

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
+from support.configs import minimal_config
 from support.logapi import LogAPI
 from support.services import SMTPServer
 
@@ -253,18 +254,7 @@ def test_bad_settings_are_config_errors(tmp_path: Path, fields: dict[str, Any],
 
 def write_config(tmp_path: Path, email: str) -> Path:
     """A minimal watcher.toml whose [notify.email] section is `email`."""
-    config = tmp_path / "watcher.toml"
-    config.write_text(f"""
-[app]
-name = "mysite"
-root = "{tmp_path / 'app'}"
-[git]
-remote = "/nowhere.git"
-[supervisor]
-programs = ["mysite"]
-[notify.email]
-{email}""")
-    return config
+    return minimal_config(tmp_path, f"[notify.email]\n{email}")
 
 
 def test_journal_sends_and_flushes_mail_from_the_config_file(

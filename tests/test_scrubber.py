@@ -13,6 +13,7 @@ import pytest
 import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.configs import minimal_config
 
 from watcher import log
 from watcher.config import server_name
@@ -103,19 +104,8 @@ def test_log_lines_reports_and_status_are_scrubbed(capsys: pytest.CaptureFixture
 def test_report_warnings_are_scrubbed_and_name_the_fleet_host(tmp_path: Path) -> None:
     """A warning carrying a URL with credentials (a contract migration's error, say) leaves
     the journal masked; with [fleet] the report's host is fleet.host, as in /metrics."""
-    config = tmp_path / "watcher.toml"
-    config.write_text(f"""
-[app]
-name = "mysite"
-root = "{tmp_path / 'app'}"
-[git]
-remote = "/nowhere.git"
-[supervisor]
-programs = ["mysite"]
-[fleet]
-redis_url = "redis://127.0.0.1:6379/0"
-host = "web-7"
-""")
+    config = minimal_config(tmp_path, '[fleet]\nredis_url = "redis://127.0.0.1:6379/0"\n'
+                                      'host = "web-7"\n')
     cfg = load(config, environ={})
     journal = Journal(cfg, Layout(cfg.app.root), StateFile(cfg.state_dir / "state.json"))
     run = Run(event="deploy", from_sha=None, to_sha="b" * 40, steps=StepLog())

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.configs import minimal_config
 from support.fixtures import run_cli
 from support.supervisord import SupervisordProcess, supervisord_factory
 
@@ -79,21 +80,8 @@ def test_a_worker_restart_is_term_then_wait_never_hup(
 
 def write_config(base: Path, sv: SupervisordProcess, workers: str,
                  programs: str = '["web"]') -> Path:
-    config = base / "watcher.toml"
-    config.write_text(f"""
-[app]
-name = "mysite"
-root = "{base / 'app'}"
-
-[git]
-remote = "{base / 'none.git'}"
-
-[supervisor]
-url = "{sv.url}"
-programs = {programs}
-workers = {workers}
-""")
-    return config
+    return minimal_config(base, f"workers = {workers}\n", supervisor_url=sv.url,
+                          programs=programs)
 
 
 def test_check_confirms_each_worker_and_refuses_a_hup_stopsignal(
