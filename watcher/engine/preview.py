@@ -139,7 +139,7 @@ def _inspect(deployer: Deployer, sha: str, live_sha: str | None, live_venv: str 
             link_shared(layout, release, [p for p in cfg.build.shared
                                           if (layout.shared / p).exists()])
             inspection = Django(cfg.django, release).inspect(
-                gate=True, classify=cfg.django.migration_safety != "off")
+                gate=True, classify=cfg.django.migration_safety != "off").with_left(left)
         except StepFailed as exc:
             out["refusals"].append(f"{exc.step}: {exc.message}")
             out["error"] = {"step": exc.step, "message": exc.message,
