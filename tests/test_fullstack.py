@@ -609,6 +609,21 @@ def test_a_worker_that_fails_to_start_rolls_the_deploy_back(stack: Stack) -> Non
     assert state["statename"] == "RUNNING"
 
 
+def test_a_rollback_by_hand_restarts_the_workers_onto_the_older_code(stack: Stack) -> None:
+    """`watcher rollback` runs the go-live steps, the workers included: the web serves the
+    older release, and a task enqueued afterwards runs the older task code (v1)."""
+    live = stack.live()
+    before = len(stack.api.requests)
+    res = stack.watcher("rollback")
+    assert res.returncode == 0, res.stderr[-3000:]
+    (req,) = stack.api.requests[before:]
+    report = req.json
+    assert report["event"] == "rollback" and steps(report)["workers"] == "ok", report
+    assert stack.live() != live
+    enqueue(stack, "after-manual-rollback")
+    assert task_event(stack, "after-manual-rollback", "done")["code"] == "v1"
+
+
 def test_no_secret_reaches_a_log_state_file_report_or_mail(stack: Stack) -> None:
     """The DB password (and the SMTP and report secrets) appear nowhere watcher writes."""
     places: dict[str, str] = {f"watcher run {i}": out for i, out in enumerate(stack.outputs)}
