@@ -23,6 +23,8 @@ from support.site import REPO_ROOT
 
 from watcher.config import FleetConfig
 from watcher.config_checks import check_fleet as check_config
+from watcher.config_load import load
+from watcher.daemon.loop import Daemon
 from watcher.daemon.metrics import Metrics
 from watcher.errors import ConfigError, FleetUnreachable, FleetWaitTimeout
 from watcher.parts.fleet import Fleet
@@ -325,6 +327,19 @@ def test_check_reaches_redis_and_says_whether_it_can_write(
     res = run_cli("check", "--config",
                   str(_config(tmp_path, f"unix://{tmp_path}/gone.sock?db=0", "chk")))
     assert "FAIL  fleet redis: " in res.stdout and "ping: ConnectionError" in res.stdout
+
+
+def test_the_daemon_labels_its_metrics_with_fleet_host(tmp_path: Path) -> None:
+    """`watcher run` with [fleet] builds its /metrics with fleet.host (no Redis is needed to
+    start: it is reached at the first check); without [fleet] the series carry no host."""
+    fleet = '[fleet]\nredis_url = "redis://127.0.0.1:1/0"\nhost = "web-7"\n'
+    daemon = Daemon(load(minimal_config(tmp_path, fleet), environ={}))
+    daemon.metrics.check("unchanged")
+    assert 'watcher_checks_total{host="web-7",result="unchanged"} 1.0' in (
+        daemon.metrics.render().decode())
+    (tmp_path / "alone").mkdir()
+    alone = Daemon(load(minimal_config(tmp_path / "alone"), environ={}))
+    assert "host=" not in alone.metrics.render().decode()
 
 
 def test_metrics_carry_the_host_with_fleet() -> None:
