@@ -98,6 +98,19 @@ def test_check_confirms_each_worker_and_refuses_a_hup_stopsignal(
     assert "Traceback" not in res.stderr
 
 
+def test_a_worker_that_is_a_blue_green_colour_is_a_config_error(tmp_path: Path) -> None:
+    """With [bluegreen], a worker must be in neither colour: one listed in
+    bluegreen.programs too is refused at load, naming it (exit 2)."""
+    config = minimal_config(tmp_path, """workers = ["mysite_blue"]
+[bluegreen]
+programs = ["mysite_blue", "mysite_green"]
+health_urls = ["http://127.0.0.1:8001/healthz", "http://127.0.0.1:8002/healthz"]
+""", programs="[]")
+    res = run_cli("check", "--config", str(config))
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "mysite_blue is in supervisor.workers and also a web program" in res.stderr
+
+
 def test_a_worker_listed_as_a_web_program_is_a_config_error(
         box: tuple[SupervisordProcess, Path]) -> None:
     """A program in both supervisor.programs and supervisor.workers is refused (exit 2)."""
