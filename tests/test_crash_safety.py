@@ -34,7 +34,7 @@ from support.faults import (
     git_config,
     step_start,
 )
-from support.site import TOKEN
+from support.site import TOKEN, trash_emptied
 
 from watcher.parts import lock
 from watcher.parts.state import State, StateFile, write_atomic
@@ -248,11 +248,7 @@ def test_kill_during_step(bench: Bench, step: str) -> None:
     assert site.served_revision() == sha
     assert sha not in state["bad"]
     # Pruned trash is deleted in the background after the run (issue 12): gone soon.
-    deadline = time.monotonic() + 60
-    while [p for d in ("releases", "venvs") for p in (site.root / d).iterdir()
-           if p.name.startswith(".")]:
-        assert time.monotonic() < deadline, "a half-deleted or temp release or venv is left"
-        time.sleep(0.1)
+    assert trash_emptied(site.root), "a half-deleted or temp release or venv is left"
     assert set(site.releases()) <= set(state["releases"]), "a half-built release is left"
     used = {os.readlink(site.root / "releases" / n / ".venv").split("/")[-1]
             for n in site.releases()}

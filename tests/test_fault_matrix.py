@@ -86,7 +86,7 @@ from support.faults import (
     loose_object,
     step_end,
 )
-from support.site import TOKEN, Site
+from support.site import TOKEN, Site, trash_emptied
 
 from watcher.engine.steps import TABLE
 
@@ -428,6 +428,8 @@ def test_fault_cell(bench: Bench, cell: Cell) -> None:
         assert poll.bad(old_sha) == [], f"not the old revision, or an error: {poll.bad(old_sha)}"
         if cell.id != "reload-down":
             assert site.master_pid() == old_master, "Gunicorn's master was restarted"
+    # A pruned venv is renamed to .trash-* and deleted after the run, in the background.
+    assert trash_emptied(site.root), "a half-deleted or temp release or venv is left"
     venvs = site.root / "venvs"
     assert all((v / ".complete").exists() for v in venvs.iterdir()), "half-built venv left"
 

@@ -4,6 +4,7 @@ watcher run as a real command against all of them."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -167,6 +168,19 @@ budget = "5s"
     def master_pid(self) -> int:
         return int(self.sv.rpc().getProcessInfo("mysite")["pid"])
 
+    def program_log(self, lines: int = 80) -> str:
+        """The tail of Gunicorn's log (its stderr under supervisord), with the master's
+        workers and the release each one runs from: what a failed assertion needs."""
+        logs = sorted((self.sv.tmpdir / "logs").glob("mysite-stderr*"))
+        text = logs[-1].read_text(errors="replace") if logs else ""
+        workers = []
+        with contextlib.suppress(Exception):
+            master = self.master_pid()
+            for task in Path(f"/proc/{master}/task").iterdir():
+                for pid in (task / "children").read_text().split():
+                    workers.append(f"{pid} {os.readlink(f'/proc/{pid}/cwd')}")
+        return "\n".join([*text.splitlines()[-lines:], "workers:", *workers])
+
     def close(self) -> None:
         self.sv.stop()
         self.api.close()
@@ -185,6 +199,18 @@ def settled(site: Site, expected: str, timeout: float = 10.0) -> str:
             break
         time.sleep(0.1)
     return seen
+
+
+def trash_emptied(root: Path, timeout: float = 60.0) -> bool:
+    """Whether the `.trash-*` and temp entries a run left in releases/ and venvs/ (pruned
+    ones are deleted by a detached child after `--once` exits) are gone within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while [p for d in ("releases", "venvs") if (root / d).is_dir()
+           for p in (root / d).iterdir() if p.name.startswith(".")]:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def log_events(output: str) -> list[dict[str, Any]]:
