@@ -17,10 +17,10 @@ when a Gunicorn config file changed, and a HUP is used whenever /proc cannot tel
 workers' state (the app runs as another user than watcher) or the program is not RUNNING
 with all its workers up.
 
-Crash point: a kill -9 of watcher between TTIN and TTOU (the health check included) leaves
-the master with twice its workers, old and new code side by side, and `current` on a
-release state.json may not know: the next run's recovery switches back and HUPs, which also
-resets the worker count to the configured one.
+Crash point: a kill -9 of watcher between TTIN and TTOU (the health check included) leaves the master with twice its
+workers, old and new code side by side, and `current` on a release state.json may not
+know: the next run's recovery switches back and HUPs, which also resets the worker count
+to the configured one.
 """
 
 from __future__ import annotations
