@@ -359,11 +359,6 @@ def test_health_failure_rolls_back(day: Day) -> None:
     day.bad.append(bad)
     res = day.watcher("--once", label="health failure and rollback")
     assert res.returncode == 1, tail(res)
-    # Checked while the old workers still answered beside the new ones: never retired (no
-    # TTOU); the rollback's HUP replaced both.
-    signals = [e.get("signal") for e in log_events(res.stderr) if e["event"] == "supervisor.signal"]
-    assert "TTIN" in signals and "TTOU" not in signals, signals
-    assert "reload.rolling" not in events(res) and "supervisor.hup" in events(res)
     assert settled(site, live_sha) == live_sha
     assert site.live_release() == live
     assert site.state()["live"] == live

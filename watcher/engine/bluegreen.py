@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import structlog
 
 from watcher.config import Config
-from watcher.engine.rolling import Rollout, reload_program
+from watcher.engine.rolling import reload_program
 from watcher.errors import StepFailed, WatcherError
 from watcher.parts.health import wait_healthy
 from watcher.parts.publish import SocketLink
@@ -132,10 +132,10 @@ class BlueGreen:
 
     # -- reloads -------------------------------------------------------------------------
     def reload(self, sup: Supervisor, mode: str, sha: str, recorded: str,
-               keep: str = "", pending: list[Rollout] | None = None) -> str:
+               keep: str = "") -> str:
         """`hup`/`rolling`: reload the live colour that way; anything else: swap. `keep`:
         the colour a failed swap left serving this very release (nothing to restart).
-        `pending`: see `rolling.reload_program`. Returns the live colour."""
+        Returns the live colour."""
         live, extra = self.find_live(sup, recorded)
         if live is None or (mode not in ("hup", "rolling") and keep != live.name):
             live = self._swap(sup, live, sha, recorded)  # restarts (so replaces) any extra
@@ -145,7 +145,7 @@ class BlueGreen:
                          reason="the failed swap never touched it: it serves this release")
             else:
                 reload_program(sup, live.program, "rolling" if mode == "rolling" else "hup",
-                               self.cfg.supervisor.start_timeout, pending)
+                               self.cfg.supervisor.start_timeout)
                 log.info("bluegreen.reloaded", colour=live.name, program=live.program, mode=mode)
             self.publish(live)
             for colour in extra:
@@ -222,8 +222,7 @@ class BlueGreen:
             time.sleep(0.02)
         log.info("bluegreen.settled", seconds=self.settle, url=ready)
 
-    def check(self, colour: Colour, sha: str, old: str = "", fail_fast: bool = True,
-              interval: float | None = None) -> float:
+    def check(self, colour: Colour, sha: str, old: str = "", fail_fast: bool = True) -> float:
         """Health-check one colour on its own URL; seconds it took. With `fail_fast`,
         `health.failures` 5xx in a row end it at once; answers naming `old` (a HUPed
         colour's old workers) do not count."""
@@ -232,7 +231,7 @@ class BlueGreen:
         return wait_healthy(colour.health_url, timeout=health.timeout,
                             expect=sha if expect else None, old=old if expect and old else None,
                             failures=health.failures if fail_fast else 0,
-                            interval=health.interval if interval is None else interval)
+                            interval=health.interval)
 
 
 def _answers(url: str, sha: str, timeout: float) -> bool:

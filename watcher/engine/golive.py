@@ -16,7 +16,7 @@ import structlog
 from watcher.config import Config, read_secret
 from watcher.engine.bluegreen import BlueGreen, SwapAbandoned
 from watcher.engine.plan import Step
-from watcher.engine.rolling import Rollout, reload_program
+from watcher.engine.rolling import reload_program
 from watcher.engine.steps import StepLog
 from watcher.errors import StepFailed, TransientError, WatcherError
 from watcher.kinds import ReloadMode
@@ -27,9 +27,6 @@ from watcher.parts.releases import Layout
 from watcher.parts.supervisor_rpc import Supervisor
 
 log = structlog.get_logger()
-# While a rolling reload's old workers still serve beside the new ones, health is asked this
-# often: half the answers come from the old code, and each one lost is exposure.
-EARLY_INTERVAL_S = 0.05
 
 
 def connect(cfg: Config) -> Supervisor:
@@ -65,8 +62,7 @@ class Switcher:
         except WatcherError:
             pass  # it answered with a fault, or a setting is wrong: the reload step says so
 
-    def reload(self, mode: ReloadMode, sha: str, colour: str, keep: str = "",
-               pending: list[Rollout] | None = None) -> str:
+    def reload(self, mode: ReloadMode, sha: str, colour: str, keep: str = "") -> str:
         """HUP (code only), or stop+start (new venv) every program; wait for RUNNING.
 
         With [bluegreen] the colours go first: `hup` HUPs the live one, any other mode
@@ -77,11 +73,10 @@ class Switcher:
         programs = list(self.cfg.supervisor.programs)
         with self.supervisor() as sup:
             if self.bluegreen is not None:
-                colour = self.bluegreen.reload(sup, mode, sha, colour, keep, pending)
+                colour = self.bluegreen.reload(sup, mode, sha, colour, keep)
                 log.info("reload.done", colour=colour, mode=mode)
             for program in programs:
-                reload_program(sup, program, mode, self.cfg.supervisor.start_timeout,
-                               pending)
+                reload_program(sup, program, mode, self.cfg.supervisor.start_timeout)
         return colour if self.bluegreen is not None else ""
 
     def reconcile(self, colour: str) -> None:
@@ -103,43 +98,26 @@ class Switcher:
             masters = {info.pid for info in map(sup.info, names) if info.pid}
         return procs.children(masters)
 
-    def health(self, sha: str, colour: str, old: str = "",
-               pending: list[Rollout] | None = None) -> None:
+    def health(self, sha: str, colour: str, old: str = "") -> None:
         """Step 12. `old`: the sha of the release this one replaces; its answers mean "not
         ready yet", while `health.failures` 5xx in a row from the new one fail at once.
         Without `old` (going back to a release after a failure, recovery, the first deploy)
         the wait is not cut short: a 5xx then may come from the failed release's last
-        workers, and there is nothing better to go to.
-        `pending`: rolling reloads whose old workers still serve; asked more often, the new
-        code is checked beside them, and they are retired once it passed."""
-        health = self.cfg.health
-        interval = min(health.interval, EARLY_INTERVAL_S) if pending else health.interval
+        workers, and there is nothing better to go to."""
         bg = self.bluegreen
         live = bg.by_name(colour) if bg is not None else None
         if bg is not None and live is not None:
-            took = bg.check(live, sha, old, fail_fast=bool(old), interval=interval)
+            took = bg.check(live, sha, old, fail_fast=bool(old))
             log.info("health.ok", url=live.health_url, colour=live.name, seconds=round(took, 2))
-        if health.url:
-            took = wait_healthy(health.url, timeout=health.timeout,
-                                expect=sha if health.expect_revision else None,
-                                old=old if health.expect_revision and old else None,
-                                failures=health.failures if old else 0, interval=interval)
-            log.info("health.ok", url=health.url, seconds=round(took, 2))
-        self.retire(pending)
-
-    def retire(self, pending: list[Rollout] | None) -> None:
-        """The old workers of rolling reloads whose new code passed (or had no) health check."""
-        if not pending:
+        url = self.cfg.health.url
+        if not url:
             return
-        with self.supervisor() as sup:
-            while pending:
-                pending.pop(0).retire(sup)
-
-    def checks_new_code(self) -> bool:
-        """Whether the health step can tell the new code's answers from the old's (the body
-        names the sha), so a rolling reload may keep its old workers until it passed."""
-        return self.cfg.health.expect_revision and bool(
-            self.cfg.health.url or self.bluegreen is not None)
+        health = self.cfg.health
+        took = wait_healthy(url, timeout=health.timeout,
+                            expect=sha if health.expect_revision else None,
+                            old=old if health.expect_revision and old else None,
+                            failures=health.failures if old else 0, interval=health.interval)
+        log.info("health.ok", url=url, seconds=round(took, 2))
 
     def restart_workers(self) -> None:
         """supervisor.workers stopped (their stopsignal, TERM: a warm shutdown; then
@@ -159,11 +137,8 @@ class Switcher:
         paths. `colour` is the blue/green colour live before; returns the one serving now
         ("" without it).
         `old` is the sha of the release being replaced, given when going forward: it turns
-        on the fail-fast of `health.failures` (see `health`), and lets a rolling reload keep
-        its old workers serving until the new code passed health (`pending`): a release
-        broken only under Gunicorn is rolled back before its workers serve alone.
+        on the fail-fast of `health.failures` (see `health`).
         Raises GoLiveFailed, which carries the colour serving at the failure."""
-        pending: list[Rollout] | None = [] if old and self.checks_new_code() else None
         try:
             for step in plan:
                 with steps.step(f"{prefix}{step.name}", step.reason, action=step.action,
@@ -171,14 +146,11 @@ class Switcher:
                     if step.name == "switch":
                         releases.switch(self.layout, name)
                     elif step.name == "reload":
-                        colour = self.reload(cast(ReloadMode, step.action), sha, colour, keep,
-                                             pending)
+                        colour = self.reload(cast(ReloadMode, step.action), sha, colour, keep)
                     elif step.name == "health":
-                        self.health(sha, colour, old, pending)
+                        self.health(sha, colour, old)
                     elif step.name == "workers":
-                        self.retire(pending)
                         self.restart_workers()
-            self.retire(pending)  # a plan without a health step: nothing to wait for
         except WatcherError as exc:
             raise GoLiveFailed(exc, colour if self.bluegreen is not None else "") from exc
         return colour if self.bluegreen is not None else ""
