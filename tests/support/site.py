@@ -189,11 +189,15 @@ budget = "5s"
 
 def settled(site: Site, expected: str, timeout: float = 10.0) -> str:
     """What /healthz serves once old workers are gone: three answers in a row naming
-    `expected`, or the last answer seen when that does not happen within `timeout`."""
+    `expected`, or the last answer seen (an error's name for a dropped request) when that
+    does not happen within `timeout`."""
     deadline = time.monotonic() + timeout
     streak, seen = 0, ""
     while time.monotonic() < deadline:
-        seen = site.served_revision()
+        try:
+            seen = site.served_revision()
+        except OSError as exc:  # a request dropped by a worker a HUP stops (Gunicorn 23)
+            seen = type(exc).__name__
         streak = streak + 1 if seen == expected else 0
         if streak == 3:
             break
