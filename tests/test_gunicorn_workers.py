@@ -15,7 +15,7 @@ from pathlib import Path
 from support.site import EXAMPLE
 from support.supervisord import free_port
 
-from watcher.parts.gunicorn import Workers, workers
+from watcher.parts.gunicorn import Workers, dir_gone, workers
 
 GUNICORN = Path(sys.executable).parent / "gunicorn"
 
@@ -51,3 +51,23 @@ def test_workers_counts_booted_and_added_workers(tmp_path: Path) -> None:
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_dir_gone_tells_a_process_whose_directory_was_deleted(tmp_path: Path) -> None:
+    """False while the process's working directory exists, also after a rename (a release
+    moved to the trash); True once it is deleted; False for a pid /proc does not know."""
+    release = tmp_path / "release"
+    release.mkdir()
+    proc = subprocess.Popen(["sleep", "60"], cwd=release)
+    try:
+        assert until(lambda: os.readlink(f"/proc/{proc.pid}/cwd") == str(release))
+        assert not dir_gone(proc.pid)
+        trash = tmp_path / ".trash-release"
+        release.rename(trash)
+        assert not dir_gone(proc.pid)
+        trash.rmdir()
+        assert dir_gone(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert not dir_gone(proc.pid)  # reaped: no /proc entry

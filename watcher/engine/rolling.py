@@ -11,7 +11,9 @@ and requests wait in the backlog while the new ones import Django: p99 jumps (BE
 What it does not do: re-read gunicorn.conf.py or move the master's cwd. So the plan HUPs
 when a Gunicorn config file changed, and a HUP is used whenever /proc cannot tell the
 workers' state (the app runs as another user than watcher) or the program is not RUNNING
-with all its workers up.
+with all its workers up. The master's cwd stays the release it was started in, and once
+that release is pruned a HUP would kill the master (`gunicorn.dir_gone`): every HUP here is
+then a stop and start instead.
 
 Crash point: a kill -9 of watcher between TTIN and TTOU leaves the master with twice its
 workers, old and new code side by side, and `current` on a release state.json may not
@@ -98,5 +100,19 @@ def reload_program(sup: Supervisor, program: str, mode: ReloadMode, timeout: flo
     if mode == "rolling" and rolling_reload(sup, program, timeout):
         return
     rpc_mode = "hup" if mode in ("hup", "rolling") else "restart"
+    if rpc_mode == "hup" and _master_dir_gone(sup, program):
+        rpc_mode = "restart"
     info = sup.reload(program, rpc_mode, timeout)
     log.info("reload.done", program=program, mode=rpc_mode, pid=info.pid)
+
+
+def _master_dir_gone(sup: Supervisor, program: str) -> bool:
+    """The running master's directory was pruned: a HUP would make it exit (see
+    `gunicorn.dir_gone`), so the caller stops and starts the program instead."""
+    info = sup.info(program)
+    if info.statename != RUNNING or not info.pid or not gunicorn.dir_gone(info.pid):
+        return False
+    log.warning("reload.master_dir_gone", program=program, pid=info.pid,
+                action="stop and start instead of HUP: the release the Gunicorn master "
+                       "started in was pruned, and a HUP there makes it exit")
+    return True

@@ -1,5 +1,7 @@
-"""A Gunicorn master's workers, read from /proc: how many it has, and how many have loaded
-the app, so a reload can add new workers and retire the old ones only once the new serve.
+"""A Gunicorn master read from /proc: how many workers it has, and how many have loaded
+the app, so a reload can add new workers and retire the old ones only once the new serve;
+and whether its working directory still exists, so a HUP is never sent when it would kill
+the master (`dir_gone`).
 
 Gunicorn gives each worker a heartbeat file, an unlinked temp file `wgunicorn-*` that the
 master keeps open until the worker is reaped. The worker first touches it (`os.utime` to
@@ -46,3 +48,15 @@ def workers(master_pid: int, proc: Path = Path("/proc")) -> Workers | None:
         if abs(st.st_mtime - st.st_ctime) > 1.0:
             ready += 1
     return Workers(total, ready) if total else None
+
+
+def dir_gone(master_pid: int, proc: Path = Path("/proc")) -> bool:
+    """Whether the master's working directory was deleted: the release it was started in,
+    pruned since (rolling reloads never move the master). Gunicorn's HUP then fails: it
+    checks its --chdir against os.getcwd(), which raises, and the master exits without
+    stopping its workers, which keep the port and serve whatever they ran. False when /proc
+    cannot tell (another user's process)."""
+    try:
+        return os.readlink(proc / str(master_pid) / "cwd").endswith(" (deleted)")
+    except OSError:
+        return False
