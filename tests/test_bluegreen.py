@@ -18,7 +18,7 @@ from typing import IO
 
 import pytest
 from support.nginx import BlueGreenSite
-from support.site import log_events
+from support.site import log_events, tail
 
 from watcher.engine.bluegreen import STOP_TIMEOUT_S
 
@@ -35,10 +35,6 @@ def bg() -> Iterator[BlueGreenSite]:
         yield sandbox
     finally:
         sandbox.close()
-
-
-def tail(res: subprocess.CompletedProcess[str]) -> str:
-    return f"exit {res.returncode}\nstdout: {res.stdout[-1500:]}\nstderr: {res.stderr[-4000:]}"
 
 
 def reload_action(res: subprocess.CompletedProcess[str]) -> str:

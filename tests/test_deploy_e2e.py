@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 from support.fixtures import run_cli
-from support.site import TOKEN, Site, git, log_events, settled
+from support.site import TOKEN, Site, git, log_events, settled, tail
 
 import watcher
 
@@ -96,10 +96,6 @@ def day(sandbox: Day, request: pytest.FixtureRequest) -> Day:
     if not sandbox.deployed and request.node.name != "test_first_deploy_starts_the_program":
         sandbox.deploy()
     return sandbox
-
-
-def tail(res: subprocess.CompletedProcess[str]) -> str:
-    return f"exit {res.returncode}\nstdout: {res.stdout[-1500:]}\nstderr: {res.stderr[-3000:]}"
 
 
 def events(res: subprocess.CompletedProcess[str]) -> list[str]:

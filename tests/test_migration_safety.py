@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from support.load import Load, LoadResult
-from support.site import Site, log_events, settled
+from support.site import BROKEN_UNDER_GUNICORN, HEALTHZ, Site, log_events, settled, tail
 
 pytestmark = pytest.mark.slow
 
@@ -100,10 +100,6 @@ def under_writes(site: Site, *args: str, config: Path | None = None
 def report(site: Site) -> dict[str, Any]:
     doc: dict[str, Any] = site.api.requests[-1].json
     return doc
-
-
-def tail(res: subprocess.CompletedProcess[str]) -> str:
-    return f"exit {res.returncode}\nstdout: {res.stdout[-2000:]}\nstderr: {res.stderr[-3000:]}"
 
 
 @pytest.fixture(scope="module")
@@ -317,11 +313,6 @@ def test_a_failed_contract_migration_runs_before_the_next_switch(site: Site) -> 
     assert names.index("migrate") < names.index("switch")
 
 
-HEALTHZ = 'return HttpResponse(f"ok {revision()}\\n", content_type="text/plain; charset=utf-8")'
-UNHEALTHY = ('if request.META.get("SERVER_SOFTWARE", "").startswith("gunicorn"):\n'
-             '        return HttpResponse("broken\\n", status=500)\n    ')
-
-
 def test_a_deploy_that_rolls_back_never_runs_its_contract_migrations(site: Site) -> None:
     """A commit with a contract migration whose release fails its health check rolls back
     before step 12b: the column stays for the old code; the fixed commit removes it."""
@@ -330,7 +321,7 @@ def test_a_deploy_that_rolls_back_never_runs_its_contract_migrations(site: Site)
     removal = migration("0010_remove_visit_tag", "0009_visit_tag",
                         'migrations.RemoveField("visit", "tag")')
     site.commit({**models(SIZE), **removal,
-                 "pages/views.py": views.replace(HEALTHZ, UNHEALTHY + HEALTHZ)},
+                 "pages/views.py": views.replace(HEALTHZ, BROKEN_UNDER_GUNICORN + HEALTHZ)},
                 "Drop visit tags, and a health check that fails under Gunicorn")
     before = site.served_revision()
     res = site.watcher("--once")

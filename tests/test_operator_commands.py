@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from support.fixtures import run_cli
-from support.site import Site, git, log_events, settled
+from support.site import Site, git, log_events, settled, tail
 
 from watcher.parts import lock
 
@@ -50,10 +50,6 @@ class Session:
 @pytest.fixture(scope="module")
 def session(site_factory: Callable[..., Site]) -> Session:
     return Session(site_factory(keep_releases=3, health_timeout="6s"))
-
-
-def tail(res: subprocess.CompletedProcess[str]) -> str:
-    return f"exit {res.returncode}\nstdout: {res.stdout[-1500:]}\nstderr: {res.stderr[-3000:]}"
 
 
 def events(res: subprocess.CompletedProcess[str]) -> list[str]:

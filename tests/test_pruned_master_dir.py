@@ -11,21 +11,21 @@ release. So watcher stops and starts a program whose master's directory is gone.
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Callable
 
 import pytest
-from support.site import Site, log_events, settled, trash_emptied
+from support.site import (
+    BROKEN_UNDER_GUNICORN,
+    HEALTHZ,
+    Site,
+    log_events,
+    settled,
+    tail,
+    trash_emptied,
+)
 
 pytestmark = pytest.mark.slow
 
-HEALTHZ = 'return HttpResponse(f"ok {revision()}\\n", content_type="text/plain; charset=utf-8")'
-BROKEN_UNDER_GUNICORN = ('if request.META.get("SERVER_SOFTWARE", "").startswith("gunicorn"):\n'
-                         '        return HttpResponse("broken\\n", status=500)\n    ')
-
-
-def tail(res: subprocess.CompletedProcess[str]) -> str:
-    return f"exit {res.returncode}\nstdout: {res.stdout[-2000:]}\nstderr: {res.stderr[-3000:]}"
 
 
 def test_a_rollback_after_the_masters_release_was_pruned_restores_the_old_code(

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 import structlog
-from support.site import TOKEN, Site, log_events, settled
+from support.site import TOKEN, Site, log_events, settled, tail
 from support.supervisord import SupervisordProcess, free_port
 
 from watcher import cli, commands
@@ -67,10 +67,6 @@ class Lab:
         res = self.watcher("--once")
         assert res.returncode == 0, tail(res)
         assert settled(self.site, sha) == sha
-
-
-def tail(res: subprocess.CompletedProcess[str]) -> str:
-    return f"exit {res.returncode}\nstdout: {res.stdout[-1500:]}\nstderr: {res.stderr[-3000:]}"
 
 
 

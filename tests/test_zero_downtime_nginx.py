@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from support.load import Load, LoadResult
 from support.nginx import BlueGreenSite, Nginx
+from support.site import tail
 
 from watcher.parts.gunicorn import Workers, workers
 
@@ -42,10 +43,6 @@ def bg() -> Iterator[BlueGreenSite]:
         yield sandbox
     finally:
         sandbox.close()
-
-
-def tail(res: subprocess.CompletedProcess[str]) -> str:
-    return f"exit {res.returncode}\nstderr: {res.stderr[-3000:]}"
 
 
 def deploy_under_load(bg: BlueGreenSite, url: str, after: float = 1.0

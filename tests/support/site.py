@@ -187,6 +187,19 @@ budget = "5s"
         shutil.rmtree(self.base, ignore_errors=True)
 
 
+# The example app's /healthz body, and a line put before it that makes it answer 500 only
+# when Gunicorn serves it: the gate's smoke request (Django's test client) passes, the
+# health check after the switch fails.
+HEALTHZ = 'return HttpResponse(f"ok {revision()}\\n", content_type="text/plain; charset=utf-8")'
+BROKEN_UNDER_GUNICORN = ('if request.META.get("SERVER_SOFTWARE", "").startswith("gunicorn"):\n'
+                         '        return HttpResponse("broken\\n", status=500)\n    ')
+
+
+def tail(res: subprocess.CompletedProcess[str]) -> str:
+    """A finished command's exit code and the ends of its output, for an assertion message."""
+    return f"exit {res.returncode}\nstdout: {res.stdout[-2000:]}\nstderr: {res.stderr[-4000:]}"
+
+
 def settled(site: Site, expected: str, timeout: float = 10.0) -> str:
     """What /healthz serves once old workers are gone: three answers in a row naming
     `expected`, or the last answer seen (an error's name for a dropped request) when that
