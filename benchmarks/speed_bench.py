@@ -29,21 +29,24 @@ FILE_BYTES = 4096  # 20,000 x 4 KiB = 80 MB, the issue's repository
 
 def venv_builds() -> dict[str, float]:
     """Seconds to build the example app's venv: uv with an empty cache, uv again (the
-    cache warm: a second venv of the same packages), pip twice (pip reads the same local
-    wheel cache both times; it has no cache of its own for local wheels)."""
+    cache warm: a second venv of the same packages, the first one live beside it, as in a
+    deploy, so its bytecode is borrowed), pip twice (pip reads the same local wheel cache
+    both times; it has no cache of its own for local wheels)."""
     base = Path(tempfile.mkdtemp(prefix="venvbench"))
     try:
         release = base / "release"
         release.mkdir()
         shutil.copy(EXAMPLE / "requirements.txt", release / "requirements.txt")
         out: dict[str, float] = {}
-        for label, installer, digest in (("uv cold", "uv", "a"), ("uv warm", "uv", "b"),
-                                         ("pip cold", "pip", "c"), ("pip warm", "pip", "d")):
+        for label, installer, digest, donor in (
+                ("uv cold", "uv", "a", None), ("uv warm", "uv", "b", "a"),
+                ("pip cold", "pip", "c", None), ("pip warm", "pip", "d", None)):
             started = time.monotonic()
             venvs.build(base / "venvs", digest, release, python=sys.executable,
                          requirements=["requirements.txt"],
                          pip_args=["--no-index", "--find-links", str(wheelhouse())],
-                         timeout=600, installer=installer, cache=base / "uv-cache")
+                         timeout=600, installer=installer, cache=base / "uv-cache",
+                         donor=donor)
             out[label] = time.monotonic() - started
         return out
     finally:

@@ -20,14 +20,14 @@ from support.supervisord import free_port
 
 from watcher.config_values import unsupported_uv_args
 from watcher.errors import StepFailed
-from watcher.parts import venvs
+from watcher.parts import venv_bytecode, venvs
 
 PIP_ARGS = ["--no-index", "--find-links", str(wheelhouse())]
 DJANGO_INIT = Path("lib") / f"python{sys.version_info.major}.{sys.version_info.minor}" \
     / "site-packages" / "django" / "__init__.py"
 
 
-def build(root: Path, digest: str, installer: str) -> Path:
+def build(root: Path, digest: str, installer: str, donor: str | None = None) -> Path:
     release = root / "release"
     if not release.exists():
         shutil.copytree(EXAMPLE, release, ignore=shutil.ignore_patterns(
@@ -35,7 +35,7 @@ def build(root: Path, digest: str, installer: str) -> Path:
         (release / "data").mkdir()
     venvs.build(root / "venvs", digest, release, python=sys.executable,
                  requirements=["requirements.txt"], pip_args=PIP_ARGS, timeout=300,
-                 installer=installer, cache=root / ".watcher" / "cache" / "uv")
+                 installer=installer, cache=root / ".watcher" / "cache" / "uv", donor=donor)
     return root / "venvs" / digest
 
 
@@ -79,12 +79,50 @@ def test_venv_by_each_installer_serves_the_example_app(tmp_path: Path, installer
 @pytest.mark.slow
 def test_two_uv_venvs_share_a_package_by_hard_links(tmp_path: Path) -> None:
     """Two venvs built by uv with the same package share its files with uv's cache under
-    .watcher/cache/uv (one inode, link count above 1), so a second venv costs little disk."""
+    .watcher/cache/uv (one inode, link count above 1), so a second venv costs little disk.
+    Built with the first as its donor (the live venv), the second shares every `.pyc` of
+    those files too instead of compiling them, and serves the example app."""
     first = build(tmp_path, "aaaa", "uv")
-    second = build(tmp_path, "bbbb", "uv")
+    second = build(tmp_path, "bbbb", "uv", donor="aaaa")
     a, b = (first / DJANGO_INIT).stat(), (second / DJANGO_INIT).stat()
     assert a.st_ino == b.st_ino and a.st_nlink > 2
     assert (tmp_path / ".watcher" / "cache" / "uv").is_dir()
+    site = DJANGO_INIT.parents[1]
+    first_pyc = {p.relative_to(first): p.stat().st_ino for p in (first / site).rglob("*.pyc")}
+    second_pyc = {p.relative_to(second): p.stat().st_ino
+                  for p in (second / site).rglob("*.pyc")}
+    assert len(first_pyc) > 500 and second_pyc == first_pyc
+    assert serves(second, tmp_path / "release", "borrowed") == "ok borrowed"
+    assert {p.relative_to(second): p.stat().st_ino
+            for p in (second / site).rglob("*.pyc")} == first_pyc  # used, not rewritten
+
+
+def test_bytecode_is_borrowed_only_for_the_very_same_source(tmp_path: Path) -> None:
+    """Of three modules, the one whose source is the donor's own file (a hard link, as uv
+    makes) borrows its `.pyc`; one changed, and one new, are compiled by the new venv's
+    interpreter; the donor's bytecode is left as it was."""
+    site = Path("lib") / f"python{sys.version_info.major}.{sys.version_info.minor}" \
+        / "site-packages" / "pkg"
+    donor, venv = tmp_path / "venvs" / "old", tmp_path / "venvs" / "new"
+    (donor / site).mkdir(parents=True)
+    (venv / site).mkdir(parents=True)
+    for name, text in (("same", "A = 1\n"), ("changed", "B = 1\n")):
+        (donor / site / f"{name}.py").write_text(text)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(donor / "lib")], check=True)
+    os.link(donor / site / "same.py", venv / site / "same.py")
+    (venv / site / "changed.py").write_text("B = 2\n")
+    (venv / site / "new.py").write_text("C = 3\n")
+    before = {p.name: p.stat().st_ino for p in (donor / site / "__pycache__").iterdir()}
+
+    linked, missing = venv_bytecode.borrow(donor, venv)
+
+    assert linked == 1
+    assert sorted(Path(m).name for m in missing) == ["changed.py", "new.py"]
+    tag = sys.implementation.cache_tag
+    assert (venv / site / "__pycache__" / f"same.{tag}.pyc").stat().st_ino == before[
+        f"same.{tag}.pyc"]
+    assert not (venv / site / "__pycache__" / f"changed.{tag}.pyc").exists()
+    assert {p.name: p.stat().st_ino for p in (donor / site / "__pycache__").iterdir()} == before
 
 
 def test_unsupported_pip_args_are_a_config_error_naming_the_argument(tmp_path: Path) -> None:

@@ -19,11 +19,13 @@ LAYERS = ("engine", "parts", "delivery", "daemon")
 SHARED_PARTS = frozenset({"watcher.parts.runner", "watcher.parts.fs"})
 # Modules split out of one part, imported by that part alone (the engine may read them too):
 # release_tree (how exports land in a release), django_findings (what a release's Django
-# reports) and supervisor_link (the XML-RPC wire).
+# reports), supervisor_link (the XML-RPC wire), run_failure (how a failed command is told)
+# and venv_bytecode (bytecode a new venv borrows from the live one).
 OWNED_PARTS = {"watcher.parts.release_tree": "watcher.parts.gitsource",
                "watcher.parts.django_findings": "watcher.parts.django_steps",
                "watcher.parts.supervisor_link": "watcher.parts.supervisor_rpc",
-               "watcher.parts.run_failure": "watcher.parts.runner"}
+               "watcher.parts.run_failure": "watcher.parts.runner",
+               "watcher.parts.venv_bytecode": "watcher.parts.venvs"}
 BASE = frozenset({"watcher", "watcher.errors", "watcher.kinds", "watcher.log",
                   "watcher.config", "watcher.config_load", "watcher.config_checks",
                   "watcher.config_values"})

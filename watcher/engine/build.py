@@ -74,7 +74,9 @@ class Builder:
                 venvs.build(self.layout.venvs, self.digest, self.release, python=build.python,
                             requirements=build.requirements, pip_args=build.pip_args,
                             timeout=build.timeout, installer=build.installer,
-                            cache=self.layout.state_dir / "cache" / "uv")
+                            cache=self.layout.state_dir / "cache" / "uv",
+                            donor=venvs.linked_hash(self.live_release)
+                            if self.live_release else None)
             venvs.link(self.release, self.digest)
 
     def check(self, step: Step) -> None:

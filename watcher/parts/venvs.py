@@ -8,8 +8,10 @@ so a half-built venv is never used.
 `build.installer = "uv"` (the default) builds with the uv binary that ships in the `uv`
 wheel watcher depends on: `uv venv` then `uv pip install`, with uv's cache under
 `.watcher/cache/uv` on the same file system as venvs/, so a package two venvs share is
-hard-linked from the cache into both instead of unpacked twice. `"pip"`: `python -m venv`
-and the venv's own pip, as before.
+hard-linked from the cache into both instead of unpacked twice. With a `donor` (the live
+venv), the bytecode of the packages both venvs share is hard-linked from it too, and only the
+rest is compiled (`venv_bytecode.py`). `"pip"`: `python -m venv` and the venv's own pip, as
+before.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 import structlog
 
 from watcher.errors import StepFailed
+from watcher.parts import venv_bytecode
 from watcher.parts.fs import TRASH, discard, remove
 from watcher.parts.runner import clean_env, run
 
@@ -92,12 +95,15 @@ def build(
     timeout: float,
     installer: str = "uv",
     cache: Path | None = None,
+    donor: str | None = None,
 ) -> None:
     """Build venvs/<digest> (the plan decided it is needed); a half-built one left by a crash
     is removed first, and one that fails is removed, so an incomplete venv is never used.
 
     `installer` is build.installer; `cache` is uv's cache dir (default
-    `<app.root>/.watcher/cache/uv`, beside venvs/); pip ignores it."""
+    `<app.root>/.watcher/cache/uv`, beside venvs/); pip ignores it. `donor` is the digest of
+    the live release's venv: uv's build borrows its bytecode when it is complete and of the
+    same interpreter."""
     path = venvs / digest
     if path.exists():
         log.warning("venv.half_built_removed", venv=digest)
@@ -109,7 +115,8 @@ def build(
     try:
         if installer == "uv":
             _build_uv(path, release, python, pip_args, req_args, timeout,
-                      cache or venvs.parent / ".watcher" / "cache" / "uv")
+                      cache or venvs.parent / ".watcher" / "cache" / "uv",
+                      _usable_donor(venvs, donor, digest, python))
         else:
             run([python, "-m", "venv", str(path)], step="venv", timeout=timeout,
                 env=clean_env())
@@ -124,11 +131,23 @@ def build(
     (path / COMPLETE).write_text(interpreter_id(python) + "\n", encoding="utf-8")
 
 
+def _usable_donor(venvs: Path, donor: str | None, digest: str, python: str) -> Path | None:
+    """The live venv to borrow bytecode from: complete, built by the same interpreter."""
+    if not donor or donor == digest or os.sep in donor or donor.startswith("."):
+        return None
+    try:
+        built_by = (venvs / donor / COMPLETE).read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    return venvs / donor if built_by == interpreter_id(python) else None
+
+
 def _build_uv(path: Path, release: Path, python: str, pip_args: Sequence[str],
-              req_args: list[str], timeout: float, cache: Path) -> None:
+              req_args: list[str], timeout: float, cache: Path, donor: Path | None) -> None:
     """`uv venv` + `uv pip install`. `--no-config`: a uv.toml or pyproject.toml committed in
     the release must not change where packages come from; `--no-python-downloads`: the venv
-    uses build.python or fails, uv never fetches an interpreter."""
+    uses build.python or fails, uv never fetches an interpreter. With a donor, bytecode is
+    borrowed from it and only the rest compiled (`_compile_rest`)."""
     uv = uv_binary()
     cache.mkdir(mode=0o700, parents=True, exist_ok=True)
     common = ["--no-config", "--no-python-downloads", "--cache-dir", str(cache)]
@@ -138,9 +157,35 @@ def _build_uv(path: Path, release: Path, python: str, pip_args: Sequence[str],
     # --compile-bytecode: as pip does at install. Without it every Gunicorn worker and
     # manage.py run compiles the packages again whenever it cannot write __pycache__ (the
     # app's user cannot write venvs/, or PYTHONDONTWRITEBYTECODE is set): boots get slower.
-    run([uv, "pip", "install", *common, "--compile-bytecode",
+    compile_now = [] if donor else ["--compile-bytecode"]
+    run([uv, "pip", "install", *common, *compile_now,
          "--python", str(path / "bin" / "python"), *pip_args, *req_args], step="venv",
         timeout=timeout, cwd=release, env=env)
+    if donor:
+        _compile_rest(path, donor, timeout)
+
+
+_PARALLEL_FROM = 200  # sources left to compile: below this one process beats a pool's start
+
+
+def _compile_rest(path: Path, donor: Path, timeout: float) -> None:
+    """Bytecode shared with the donor hard-linked, the sources left compiled by the venv's
+    own interpreter (compileall, a list file inside the venv removed before `.complete`)."""
+    linked, missing = venv_bytecode.borrow(donor, path)
+    log.info("venv.bytecode", borrowed=linked, compiled=len(missing), donor=donor.name)
+    if not missing:
+        return
+    listing = path / ".compile-list"
+    listing.write_text("\n".join(missing) + "\n", encoding="utf-8", errors="surrogateescape")
+    try:
+        jobs = ["-j0"] if len(missing) >= _PARALLEL_FROM else []
+        res = run([str(path / "bin" / "python"), "-m", "compileall", "-q", *jobs, "-i",
+                   str(listing)], step="venv", timeout=timeout, cwd=path, env=clean_env(),
+                  check=False)
+        if not res.ok:  # like uv and pip: a source that does not compile fails at import
+            log.warning("venv.bytecode_incomplete", output=res.output[-500:])
+    finally:
+        listing.unlink(missing_ok=True)
 
 
 def uv_binary() -> str:
