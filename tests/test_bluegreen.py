@@ -30,7 +30,9 @@ HEALTHZ = 'return HttpResponse(f"ok {revision()}\\n", content_type="text/plain; 
 @pytest.fixture(scope="module")
 def bg() -> Iterator[BlueGreenSite]:
     # mysite: a worker. The shipped setup: Nginx reaches the colour <root>/run/live.sock names.
-    sandbox = BlueGreenSite.create(health_timeout="5s", keep_mysite=True, publish=True)
+    # startsecs=5 as shipped: a swap must not wait for it.
+    sandbox = BlueGreenSite.create(health_timeout="5s", keep_mysite=True, publish=True,
+                                   startsecs=5)
     try:
         yield sandbox
     finally:
@@ -82,13 +84,16 @@ def test_code_only_change_reloads_the_live_colour_rolling(bg: BlueGreenSite) -> 
 
 def test_venv_change_swaps_to_green(bg: BlueGreenSite) -> None:
     """A requirements change starts green on the new release and stops blue; the worker
-    program is restarted on the new venv."""
+    program is restarted on the new venv. Green is health-checked from its start and
+    published once healthy, while Supervisord still counts its startsecs (5 s here)."""
     worker = bg.site.master_pid()
     reqs = bg.site.read(REQUIREMENTS)
     sha = bg.site.commit({REQUIREMENTS: reqs + "# a new venv\n"}, "Change the requirements")
     res = once(bg)
     assert res.returncode == 0, tail(res)
     assert reload_action(res) == "reload:bluegreen"
+    healthy = [e for e in log_events(res.stderr) if e.get("event") == "bluegreen.healthy"]
+    assert [e["state"] for e in healthy] == ["STARTING"], healthy  # not after startsecs
     assert bg.statename("green") == "RUNNING"
     assert bg.served("green") == sha
     assert bg.statename("blue") == "STOPPED"

@@ -166,10 +166,12 @@ class BlueGreenSite:
 
     @classmethod
     def create(cls, reload: str = "auto", keep_mysite: bool = False, publish: bool = False,
-               access_logs: bool = False, **site_kwargs: Any) -> BlueGreenSite:
+               access_logs: bool = False, startsecs: int = 1,
+               **site_kwargs: Any) -> BlueGreenSite:
         """`publish`: each colour also binds `<root>/run/<colour>.sock` and watcher publishes
         the live one as `<root>/run/live.sock` (the shipped setup; Nginx with upstreams=[]).
-        `access_logs`: each colour's Gunicorn writes one (`access_log(colour)`)."""
+        `access_logs`: each colour's Gunicorn writes one (`access_log(colour)`).
+        `startsecs`: the colours' (the shipped configs have 5)."""
         ports = {"blue": free_port(), "green": free_port()}
         urls = ", ".join(f'"http://127.0.0.1:{p}/healthz"' for p in ports.values())
         extra = (f'\n[bluegreen]\nprograms = ["mysite_blue", "mysite_green"]\n'
@@ -192,7 +194,8 @@ class BlueGreenSite:
                     f'GUNICORN_PROC_NAME="mysite_{colour}"'
                     + (f',GUNICORN_ACCESS_LOG="{site.base}/access-{colour}.log"'
                        if access_logs else "") + "\n"
-                    "autostart=false\nautorestart=true\nstartsecs=1\nstartretries=1\n"
+                    f"autostart=false\nautorestart=true\nstartsecs={startsecs}\n"
+                    "startretries=1\n"
                     "stopsignal=TERM\nstopwaitsecs=25\nstopasgroup=true\nkillasgroup=true\n"))
             text = site.config.read_text()
             if not keep_mysite:
@@ -227,8 +230,14 @@ class BlueGreenSite:
         info: dict[str, Any] = self.site.sv.rpc().getProcessInfo(f"mysite_{colour}")
         return info
 
-    def statename(self, colour: str) -> str:
-        return str(self.program(colour)["statename"])
+    def statename(self, colour: str, settle: float = 30.0) -> str:
+        """Its Supervisord state once out of STARTING: a swap ends as soon as the new colour
+        answers its health URL, which is inside its `startsecs`."""
+        deadline = time.monotonic() + settle
+        while (state := str(self.program(colour)["statename"])) == "STARTING" \
+                and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return state
 
     def served(self, colour: str) -> str:
         """The sha /healthz of that colour names, or what went wrong."""

@@ -2,7 +2,8 @@
 from `<root>/current` on their own ports, both in Nginx's upstream, one live at a time.
 
 A swap runs after `current` was switched: start the idle colour (it boots the new release and
-venv), health-check it on its own URL for the new sha, wait `SETTLE_S` so Nginx has forgotten
+venv), health-check it on its own URL for the new sha (from the start, not after Supervisord's
+`startsecs`: `_come_up`), wait `SETTLE_S` so Nginx has forgotten
 the failures it counted against the idle port while it was down, then stop the old colour
 (Supervisord's stop waits for Gunicorn's graceful shutdown: requests in flight finish, new
 connections are refused and Nginx passes them to the new colour). If the idle colour does not
@@ -45,7 +46,7 @@ from watcher.engine.rolling import reload_program
 from watcher.errors import StepFailed, WatcherError
 from watcher.parts.health import wait_healthy
 from watcher.parts.publish import SocketLink
-from watcher.parts.supervisor_rpc import RUNNING, STOPPED_STATES, Supervisor
+from watcher.parts.supervisor_rpc import RUNNING, STARTING, STOPPED_STATES, Supervisor
 
 log = structlog.get_logger()
 NAMES = ("blue", "green")
@@ -114,8 +115,9 @@ class BlueGreen:
         """The live colour, and the other one when it is not down (to be stopped: it is
         RUNNING too, or STARTING/BACKOFF and could come up serving another version)."""
         states = {c.name: sup.info(c.program).statename for c in self.colours}
-        up = [c for c in self.colours if states[c.name] == RUNNING]
         known = self.by_name(recorded)
+        up = [c for c in self.colours if states[c.name] == RUNNING
+              or (c is known and states[c.name] == STARTING)]  # swapped to, inside startsecs
         if not up:
             if known is not None:
                 log.warning("bluegreen.none_running", recorded=recorded)
@@ -144,6 +146,8 @@ class BlueGreen:
                 log.info("bluegreen.kept", colour=live.name,
                          reason="the failed swap never touched it: it serves this release")
             else:
+                if sup.info(live.program).statename == STARTING:  # swapped to moments ago
+                    sup.wait_running(live.program, self.cfg.supervisor.start_timeout)
                 reload_program(sup, live.program, "rolling" if mode == "rolling" else "hup",
                                self.cfg.supervisor.start_timeout)
                 log.info("bluegreen.reloaded", colour=live.name, program=live.program, mode=mode)
@@ -180,9 +184,8 @@ class BlueGreen:
             sup.stop(idle.program, STOP_TIMEOUT_S)  # STARTING/BACKOFF leftovers: start afresh
         if self.link is not None:
             self.link.prepare()
-        try:
-            sup.start(idle.program, self.cfg.supervisor.start_timeout)
-            took = self.check(idle, sha)
+        try:  # health-checked while Supervisord counts startsecs (see `_come_up`)
+            took = self._come_up(sup, idle, sha)
         except WatcherError as exc:
             try:
                 sup.stop(idle.program, STOP_TIMEOUT_S)
@@ -192,7 +195,8 @@ class BlueGreen:
             raise SwapAbandoned(f"{idle.name} ({idle.program}) did not come up on the new "
                                 f"release, {live.name if live else 'nothing'} keeps serving: "
                                 f"{message}", serving=live.name if live else "") from exc
-        log.info("bluegreen.healthy", colour=idle.name, seconds=round(took, 2))
+        log.info("bluegreen.healthy", colour=idle.name, seconds=round(took, 2),
+                 state=sup.info(idle.program).statename)  # STARTING: inside its startsecs
         self.publish(idle)  # only now can Nginx reach it
         if live is not None:
             if self.link is not None:
@@ -202,6 +206,21 @@ class BlueGreen:
             sup.stop(live.program, STOP_TIMEOUT_S)
             log.info("bluegreen.swapped", live=idle.name, stopped=live.name)
         return idle
+
+    def _come_up(self, sup: Supervisor, idle: Colour, sha: str) -> float:
+        """Start the idle colour and health-check it at once, not after Supervisord's
+        `startsecs` (5 s in the shipped configs): it serves once its health URL answers with
+        the new sha, usually well inside that. Its process leaving STARTING for BACKOFF or
+        a stopped state (an app that cannot be imported) ends the wait at once. It may
+        still be STARTING when the swap ends: `find_live` counts the recorded colour in
+        STARTING as up, and a reload of it waits for RUNNING first."""
+        sup.launch(idle.program)
+        health = self.cfg.health
+        expect = health.expect_revision and bool(sha)
+        return wait_healthy(idle.health_url, expect=sha if expect else None,
+                            timeout=self.cfg.supervisor.start_timeout + health.timeout,
+                            failures=health.failures, interval=min(health.interval, 0.1),
+                            down=lambda: sup.down(idle.program))
 
     def _settle(self, sha: str) -> None:
         """Both colours serve for `bluegreen.settle`, so Nginx tries the new colour again

@@ -54,9 +54,13 @@ def wait_healthy(
     step: str = "health",
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    down: Callable[[], str] | None = None,
 ) -> float:
     """Return the seconds it took; raise StepFailed with the last answer after `timeout`, or
-    as soon as `failures` (0 = never) counted answers came in a row."""
+    as soon as `failures` (0 = never) counted answers came in a row. `down`, asked after each
+    try that found no server: why the program being waited for is gone ("" while it runs or
+    starts), which ends the wait at once (a release whose app cannot be imported).
+    """
     started = clock()
     deadline = started + timeout
     last = "no answer"
@@ -91,6 +95,9 @@ def wait_healthy(
                     streak = 0
             except requests.RequestException as exc:
                 last = type(exc).__name__
+                gone = down() if down is not None else ""
+                if gone:
+                    raise StepFailed(step, f"{scrub(url)} never answered: {gone}") from None
             if clock() + pause > deadline:
                 raise StepFailed(step, f"{scrub(url)} unhealthy after {timeout:g}s: {last}")
             sleep(pause)

@@ -21,6 +21,7 @@ from watcher.errors import SupervisorFault
 from watcher.parts.supervisor_link import SupervisorLink
 
 RUNNING = "RUNNING"
+STARTING = "STARTING"
 STOPPED_STATES = frozenset({"STOPPED", "EXITED", "FATAL", "UNKNOWN"})
 POLL_INTERVAL = 0.1
 STOP_NOTE_S = 10.0  # how often a long stop (a warm shutdown) is logged as still under way
@@ -163,6 +164,19 @@ class Supervisor:
         structlog.get_logger().info("supervisor.started", program=program, pid=info.pid)
         return info
 
+    def launch(self, program: str) -> None:
+        """Start `program` without waiting for `startsecs` (already started is fine): the
+        caller watches it come up itself, with `down` telling it when it died."""
+        structlog.get_logger().info("supervisor.launch", program=program)
+        self._call("startProcess", program, False, ok=(Faults.ALREADY_STARTED,))
+
+    def down(self, program: str) -> str:
+        """Why `program` is not running nor starting ("" when it is): the state and
+        supervisord's spawn error, as `start` reports them."""
+        info = self.info(program)
+        return _not_started(program, info) if info.statename in STOPPED_STATES | {"BACKOFF"} \
+            else ""
+
     def stop(self, program: str, wait_timeout: float = 60.0) -> None:
         """Stop `program` and wait until it is down; a program not running is fine."""
         structlog.get_logger().info("supervisor.stop", program=program)
@@ -218,11 +232,14 @@ class Supervisor:
                 return info
             detail = info.spawnerr or info.description or "see its log"
             if info.statename in fail:
-                raise SupervisorFault(
-                    f"{program} did not start: {info.statename}, {detail} (spawn error)"
-                )
+                raise SupervisorFault(_not_started(program, info))
             if time.monotonic() >= deadline:
                 raise SupervisorFault(
                     f"{program} not RUNNING within {timeout:g}s: {info.statename}, {detail}"
                 )
             time.sleep(POLL_INTERVAL)
+
+
+def _not_started(program: str, info: ProcessInfo) -> str:
+    detail = info.spawnerr or info.description or "see its log"
+    return f"{program} did not start: {info.statename}, {detail} (spawn error)"
