@@ -118,3 +118,26 @@ def test_ls_remote_of_a_missing_remote_is_transient(tmp_path: Path) -> None:
     source = GitSource(GitConfig(remote=str(tmp_path / "nope.git"), timeout=10), tmp_path / "m")
     with pytest.raises(RemoteUnreachable):
         source.remote_tags()
+
+
+def test_commits_lists_what_a_deploy_brings_newest_first(tmp_path: Path) -> None:
+    """The report's commit list comes from one `git log` in the mirror: the commits between
+    the live sha and the new one, newest first, with author and subject (non-ASCII kept);
+    with the live sha unknown, the new commit's history up to the limit."""
+    remote, work = tmp_path / "remote.git", tmp_path / "work"
+    git("init", "--bare", "-q", "-b", "main", str(remote), cwd=tmp_path)
+    git("init", "-q", "-b", "main", str(work), cwd=tmp_path)
+    git("remote", "add", "origin", str(remote), cwd=work)
+    shas = []
+    for n, subject in enumerate(["First", "Zweite Änderung: ünïcode", "Third\n\nA body"]):
+        (work / "f.txt").write_text(f"{n}\n")
+        git("add", "-A", cwd=work)
+        git("commit", "-qm", subject, cwd=work)
+        shas.append(git("rev-parse", "HEAD", cwd=work))
+    git("push", "-q", "origin", "main", cwd=work)
+    source = GitSource(GitConfig(remote=str(remote)), tmp_path / "mirror")
+    source.fetch()
+    brought = source.commits(shas[0], shas[2])
+    assert [(c.sha, c.author, c.subject) for c in brought] == [
+        (shas[2], "Dev", "Third"), (shas[1], "Dev", "Zweite Änderung: ünïcode")]
+    assert [c.sha for c in source.commits("f" * 40, shas[2], limit=2)] == shas[:0:-1]

@@ -12,8 +12,8 @@ import fnmatch
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-import pathspec
 from packaging.version import InvalidVersion, Version
 
 from watcher.schedule import Schedule, from_iso
@@ -77,8 +77,8 @@ class PathFilter:
     not count), both gitignore-style: `docs/`, `*.md`, `/setup.cfg`, `!keep.md`."""
 
     def __init__(self, paths: Sequence[str], ignore: Sequence[str]) -> None:
-        self.paths = pathspec.GitIgnoreSpec.from_lines(paths) if paths else None
-        self.ignore = pathspec.GitIgnoreSpec.from_lines(ignore) if ignore else None
+        self.paths = _spec(paths) if paths else None
+        self.ignore = _spec(ignore) if ignore else None
 
     @property
     def active(self) -> bool:
@@ -110,11 +110,18 @@ class PathFilter:
         return f"{len(changed)} changed path(s), all {' or '.join(where)}"
 
 
+def _spec(patterns: Sequence[str]) -> Any:
+    """A gitignore-style matcher; pathspec is imported only by configs that use patterns."""
+    import pathspec
+
+    return pathspec.GitIgnoreSpec.from_lines(patterns)
+
+
 def check_patterns(patterns: Sequence[str]) -> None:
     """ValueError naming a pattern that pathspec cannot compile."""
     for p in patterns:
         try:
-            pathspec.GitIgnoreSpec.from_lines([p])
+            _spec([p])
         except Exception as exc:  # pathspec raises several types for a bad pattern
             raise ValueError(f"pattern {p!r}: {exc}") from None
 
