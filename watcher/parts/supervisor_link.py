@@ -6,16 +6,44 @@ through which `supervisor_rpc.Supervisor` reaches supervisord.
 
 from __future__ import annotations
 
+import base64
 import http.client
 import socket
 import xmlrpc.client
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 from xml.parsers.expat import ExpatError
 
-from supervisor.xmlrpc import Faults, SupervisorTransport, getFaultDescription
-
 from watcher.errors import ConfigError, SupervisorFault, SupervisorUnreachable
+
+
+class Faults:
+    """supervisord's XML-RPC fault codes (`supervisor.xmlrpc.Faults`, the same in 3.x and
+    4.x), here so that talking to supervisord does not import the supervisor package."""
+
+    UNKNOWN_METHOD = 1
+    INCORRECT_PARAMETERS = 2
+    BAD_ARGUMENTS = 3
+    SIGNATURE_UNSUPPORTED = 4
+    SHUTDOWN_STATE = 6
+    BAD_NAME = 10
+    BAD_SIGNAL = 11
+    NO_FILE = 20
+    NOT_EXECUTABLE = 21
+    FAILED = 30
+    ABNORMAL_TERMINATION = 40
+    SPAWN_ERROR = 50
+    ALREADY_STARTED = 60
+    NOT_RUNNING = 70
+    SUCCESS = 80
+    ALREADY_ADDED = 90
+    STILL_RUNNING = 91
+    CANT_REREAD = 92
+
+
+def fault_name(code: int) -> str:
+    return next((k for k, v in vars(Faults).items() if v == code and k.isupper()), "UNKNOWN")
 
 _FAULT_TEXT = {
     Faults.BAD_NAME: "no program named {program} in supervisord",
@@ -47,6 +75,28 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock.connect(self._path)
 
 
+class _Transport(xmlrpc.client.Transport):
+    """xmlrpc.client's transport over `connect` (a unix socket or TCP, with a timeout), with
+    HTTP basic auth when supervisord has a username."""
+
+    def __init__(self, connect: Callable[[], http.client.HTTPConnection], auth: str) -> None:
+        super().__init__()
+        self._connect, self._auth = connect, auth
+
+    def make_connection(self, host: Any) -> http.client.HTTPConnection:
+        conn = self._connection[1]
+        if conn is None:
+            conn = self._connect()
+            self._connection = host, conn
+        return conn
+
+    def send_headers(self, connection: http.client.HTTPConnection,
+                     headers: list[tuple[str, str]]) -> None:
+        if self._auth:
+            connection.putheader("Authorization", self._auth)
+        super().send_headers(connection, headers)
+
+
 class SupervisorLink:
     """XML-RPC to one supervisord; every call has `timeout` seconds to be answered."""
 
@@ -61,19 +111,21 @@ class SupervisorLink:
             raise ConfigError(f"supervisor.url must start with unix:// or http://, got {url!r}")
         self.url = url
         self.timeout = timeout
-        self._transport = SupervisorTransport(username or None, password if username else None, url)
-        # SupervisorTransport (4.3) opens sockets without a timeout, so a hung supervisord
-        # would hang us. Replace its connection factory (an attribute its __init__ sets).
+        auth = ""
+        if username:
+            pair = f"{username}:{password}".encode()
+            auth = "Basic " + base64.b64encode(pair).decode("ascii")
+        connect: Callable[[], http.client.HTTPConnection]
         if parts.scheme == "unix":
             path = url[len("unix://") :]
-            self._transport._get_connection = lambda: _UnixConnection(path, timeout)
+            connect = lambda: _UnixConnection(path, timeout)  # noqa: E731
             proxy_url = "http://127.0.0.1"
         else:
             host, port = parts.hostname or "127.0.0.1", parts.port or 80
-            self._transport._get_connection = lambda: http.client.HTTPConnection(
-                host, port, timeout=timeout
-            )
+            connect = lambda: http.client.HTTPConnection(host, port,  # noqa: E731
+                                                         timeout=timeout)
             proxy_url = url
+        self._transport = _Transport(connect, auth)
         self._proxy = xmlrpc.client.ServerProxy(proxy_url, transport=self._transport)
 
     def close(self) -> None:
@@ -126,7 +178,7 @@ class SupervisorLink:
             return SupervisorUnreachable(f"supervisord at {self.url} is shutting down")
         template = _FAULT_TEXT.get(code)
         if template is None:
-            text = f"supervisord fault {getFaultDescription(code)} in {method}"
+            text = f"supervisord fault {fault_name(code)} in {method}"
         else:
             text = template.format(program=program)
         if code == Faults.BAD_NAME:

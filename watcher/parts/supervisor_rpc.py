@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from supervisor.xmlrpc import Faults
 
 from watcher.errors import SupervisorFault
-from watcher.parts.supervisor_link import SupervisorLink
+from watcher.parts.supervisor_link import Faults, SupervisorLink
 
 RUNNING = "RUNNING"
 STARTING = "STARTING"
