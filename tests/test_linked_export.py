@@ -11,6 +11,7 @@ import pytest
 from support.site import git
 
 from watcher.config import GitConfig
+from watcher.parts import release_tree
 from watcher.parts.gitsource import GitSource
 
 FILES_A: dict[str, str] = {
@@ -139,6 +140,57 @@ def test_damaged_file_in_the_live_release_is_written_not_linked(repo: Repo) -> N
     repo.source.export(sha_b, full)
     assert tree(linked) == tree(full)
     assert (linked / "deep/er/still/x.txt").stat().st_nlink == 1
+
+
+def test_no_file_is_linked_through_a_symlink_or_a_file_deep_in_the_live_release(
+        repo: Repo, tmp_path: Path) -> None:
+    """A live directory below the top (`deep/er`) replaced by a symlink to a look-alike
+    outside the release, and one (`dir`) replaced by a regular file: their files are
+    written from git, and the look-alike is not linked into the new release."""
+    sha_a = repo.commit("A")
+    live = repo.releases / "a"
+    repo.source.export(sha_a, live)
+    outside = tmp_path / "outside"
+    (outside / "still").mkdir(parents=True)
+    (outside / "still" / "x.txt").write_text("DEEP\n")  # the size git expects
+    os.rename(live / "deep" / "er", tmp_path / "er-moved")
+    os.symlink(outside, live / "deep" / "er")
+    os.rename(live / "dir", tmp_path / "dir-moved")
+    (live / "dir").write_text("a file where a directory was\n")
+    repo.write({"a.txt": "next\n"})
+    sha_b = repo.commit("B")
+    linked, full = repo.releases / "b-linked", repo.releases / "b-full"
+    assert repo.source.export(sha_b, linked, base=(live, sha_a)) == "linked"
+    repo.source.export(sha_b, full)
+    assert tree(linked) == tree(full)
+    assert (linked / "deep/er/still/x.txt").read_text() == "deep\n"
+    assert (outside / "still" / "x.txt").stat().st_nlink == 1
+    assert (linked / "dir/b.py").stat().st_nlink == 1
+    assert (linked / "same.txt").stat().st_nlink == 2
+
+
+def test_link_unchanged_refuses_dot_dot_and_closes_its_descriptors(tmp_path: Path) -> None:
+    """A hostile tree naming `..` or `.` is never linked (the archive's extraction refuses
+    it), nothing is made outside `dest`, and no directory descriptor is left open."""
+    live, dest = tmp_path / "live", tmp_path / "dest"
+    (live / "sub").mkdir(parents=True)
+    dest.mkdir()
+    (tmp_path / "secret.txt").write_text("secret\n")
+    (live / "sub" / "ok.txt").write_text("ok\n")
+    (live / "sub" / "bad.txt").write_text("bad\n")
+    blob = ("100644", "blob")
+    tree_ = {"../secret.txt": (*blob, 7), "sub/../../secret.txt": (*blob, 7),
+             "./sub/ok.txt": (*blob, 3), "sub/ok.txt": (*blob, 3), "sub/bad.txt": (*blob, 99),
+             "gone/x.txt": (*blob, 1)}
+    fds = len(os.listdir("/proc/self/fd"))
+    write, made = release_tree.link_unchanged(tree_, frozenset(), live, dest)
+    release_tree.copy_dir_modes(live, dest, made)
+    assert len(os.listdir("/proc/self/fd")) == fds
+    assert sorted(write) == sorted(set(tree_) - {"sub/ok.txt"})
+    assert made == ["sub"]
+    assert os.listdir(dest) == ["sub"] and os.listdir(dest / "sub") == ["ok.txt"]
+    assert (tmp_path / "secret.txt").stat().st_nlink == 1
+    assert sorted(os.listdir(tmp_path)) == ["dest", "live", "secret.txt"]
 
 
 @pytest.mark.parametrize("damage", ["missing", "wrong-revision", "revision-symlink"])

@@ -8,6 +8,8 @@ pure file-tree steps decide whether linking is exact and hard-link the unchanged
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import posixpath
 import stat
@@ -55,8 +57,14 @@ def check_members(members: list[tarfile.TarInfo]) -> None:
 # another's files: a linked inode is only ever replaced in a release (unlink or rename over
 # it: REVISION, `.venv`, shared links, collectstatic), never opened for writing by watcher,
 # and the app must not write into its release (docs/releases.md). Symlinks are never
-# linked: they come from the archive, so extraction checks them as in a full export.
+# linked: they come from the archive, so extraction checks them as in a full export. Nor is
+# anything linked through one: each live directory is opened from the live root one component
+# at a time with O_NOFOLLOW, so a symlink put in the live release after its export (say
+# `deep -> /etc`) is refused, not followed, and the files under it come from the archive. The
+# links and lstats then name one component relative to those directory descriptors.
 _ARCHIVE_CHUNK = 500  # paths per `git archive` call (argv stays far below ARG_MAX)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NOT_NAMES = ("", ".", "..")  # path components never linked through or as
 
 
 def parse_tree(out: str) -> dict[str, tuple[str, str, int]]:
@@ -103,46 +111,79 @@ def needs_full(tree: dict[str, tuple[str, str, int]], changed: frozenset[str],
 
 
 def link_unchanged(tree: dict[str, tuple[str, str, int]], changed: frozenset[str],
-                    live: Path, dest: Path) -> tuple[list[str], set[Path]]:
+                   live: Path, dest: Path) -> tuple[list[str], list[str]]:
     """Hard-link each unchanged regular file from `live` into `dest`; the paths left to
     write from the archive: changed ones, symlinks, REVISION, and any live file that does
-    not look as git says it should (missing, another type, size or executable bit)."""
+    not look as git says it should (missing, another type, size or executable bit, under a
+    directory that is missing or is a symlink), and the directories made in `dest` (relative,
+    parents first) for `copy_dir_modes`. OSError when `live` or `dest` cannot be opened."""
     write: list[str] = []
-    made: set[Path] = set()
-    real_dirs: dict[Path, bool] = {}
+    by_dir: dict[str, list[tuple[str, bool, int]]] = {}
     for path, (mode, _kind, size) in tree.items():
         if path in changed or mode not in ("100644", "100755") or path == "REVISION":
             write.append(path)
             continue
-        src, dst = live / path, dest / path
-        try:
-            st = src.lstat()
-            if (not stat.S_ISREG(st.st_mode) or st.st_size != size
-                    or bool(st.st_mode & stat.S_IXUSR) != (mode == "100755")
-                    or not _real_dirs(live, Path(path).parent, real_dirs)):
-                write.append(path)
-                continue
-            if dst.parent not in made:
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                made.add(dst.parent)
-            os.link(src, dst, follow_symlinks=False)
-        except OSError:  # EMLINK, a vanished file: write it instead
-            write.append(path)
+        parent, _, name = path.rpartition("/")
+        by_dir.setdefault(parent, []).append((name, mode == "100755", size))
+    made: list[str] = []
+    with _roots(live, dest) as (live_fd, dest_fd):
+        for parent, files in by_dir.items():
+            write += _link_dir(live_fd, dest_fd, parent, files, made)
     return write, made
 
 
-def _real_dirs(live: Path, rel: Path, seen: dict[Path, bool]) -> bool:
-    """Every directory on the way to `rel` in the live release is a real directory, not a
-    symlink put there after its export: files are never linked through one."""
-    if rel == Path("."):
-        return True
-    if rel not in seen:
+def _link_dir(live_fd: int, dest_fd: int, parent: str, files: list[tuple[str, bool, int]],
+              made: list[str]) -> list[str]:
+    """Link `files` (name, executable, size) of one directory; returns the paths not linked."""
+    prefix = parent + "/" if parent else ""
+    parts = parent.split("/") if parent else []
+    try:
+        src = _open_dir(live_fd, parts)
+    except OSError:  # missing, not a directory, or a symlink: never linked through
+        return [prefix + name for name, _x, _size in files]
+    write: list[str] = []
+    with contextlib.ExitStack() as fds:
+        fds.callback(os.close, src)
+        dst = -1  # opened (made) at the first link: a directory with none is the archive's
+        for name, executable, size in files:
+            try:
+                st = os.lstat(name, dir_fd=src)
+                if (name in _NOT_NAMES or not stat.S_ISREG(st.st_mode) or st.st_size != size
+                        or bool(st.st_mode & stat.S_IXUSR) != executable):
+                    write.append(prefix + name)
+                    continue
+                if dst < 0:
+                    dst = _open_dir(dest_fd, parts, made)
+                    fds.callback(os.close, dst)
+                os.link(name, name, src_dir_fd=src, dst_dir_fd=dst, follow_symlinks=False)
+            except OSError:  # EMLINK, a vanished file: write it instead
+                write.append(prefix + name)
+    return write
+
+
+def _open_dir(root: int, parts: list[str], made: list[str] | None = None) -> int:
+    """The directory `parts` below the open directory `root`, opened one component at a
+    time with O_NOFOLLOW, so a symlink anywhere on the way is refused (ELOOP, ENOTDIR)
+    rather than followed; `..` and the like are refused too (a hostile tree's, which the
+    archive's extraction then rejects). With `made`, missing ones are created and listed."""
+    if any(name in _NOT_NAMES for name in parts):
+        raise OSError(errno.EINVAL, f"{'/'.join(parts)!r} is not a plain relative path")
+    fd = os.dup(root)
+    for i, name in enumerate(parts):
         try:
-            is_dir = stat.S_ISDIR((live / rel).lstat().st_mode)
-        except OSError:
-            is_dir = False
-        seen[rel] = is_dir and _real_dirs(live, rel.parent, seen)
-    return seen[rel]
+            try:
+                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if made is None:
+                    raise
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(name, dir_fd=fd)
+                    made.append("/".join(parts[:i + 1]))
+                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+        finally:
+            os.close(fd)
+        fd = child
+    return fd
 
 
 def chunks(paths: list[str]) -> Iterator[list[str]]:
@@ -150,13 +191,27 @@ def chunks(paths: list[str]) -> Iterator[list[str]]:
         yield paths[i:i + _ARCHIVE_CHUNK]
 
 
-def copy_dir_modes(live: Path, dest: Path, made: set[Path]) -> None:
+def copy_dir_modes(live: Path, dest: Path, made: list[str]) -> None:
     """Directories made while linking (all real directories in the live release) get the
     modes the live export gave them; the archive then sets those it contains the same way,
-    so the tree matches a full export's."""
-    done: set[Path] = {dest}
-    for d in made:
-        while d not in done:
-            done.add(d)
-            os.chmod(d, stat.S_IMODE((live / d.relative_to(dest)).lstat().st_mode))
-            d = d.parent
+    so the tree matches a full export's. Children first: a parent's mode cannot stop it."""
+    with _roots(live, dest) as (live_fd, dest_fd):
+        for rel in reversed(made):
+            parts = rel.split("/")
+            with contextlib.ExitStack() as fds:
+                src = _open_dir(live_fd, parts)
+                fds.callback(os.close, src)
+                dst = _open_dir(dest_fd, parts)
+                fds.callback(os.close, dst)
+                os.fchmod(dst, stat.S_IMODE(os.fstat(src).st_mode))
+
+
+@contextlib.contextmanager
+def _roots(live: Path, dest: Path) -> Iterator[tuple[int, int]]:
+    """Both release directories, open (O_NOFOLLOW: neither may be a symlink)."""
+    with contextlib.ExitStack() as fds:
+        live_fd = os.open(live, _DIR_FLAGS)
+        fds.callback(os.close, live_fd)
+        dest_fd = os.open(dest, _DIR_FLAGS)
+        fds.callback(os.close, dest_fd)
+        yield live_fd, dest_fd
