@@ -17,14 +17,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
 from watcher import __version__
 from watcher.config import Config, server_name
-from watcher.delivery.forge import ForgeNotifier
 from watcher.delivery.http import Reporter, ReportTarget
-from watcher.delivery.mail import EmailNotifier, enabled
 from watcher.delivery.record import Commit, ErrorInfo, Report, new_report_id
 from watcher.engine.steps import StepLog
 from watcher.errors import StepFailed
@@ -32,6 +31,10 @@ from watcher.kinds import CheckOutcome, DeployOutcome, Event
 from watcher.log import scrub
 from watcher.parts.releases import Layout
 from watcher.parts.state import ReleaseRecord, State, StateFile, iso_utc
+
+if TYPE_CHECKING:
+    from watcher.delivery.forge import ForgeNotifier
+    from watcher.delivery.mail import EmailNotifier
 
 log = structlog.get_logger()
 
@@ -76,12 +79,18 @@ class Journal:
                                   format=cfg.report.format, timeout_s=cfg.report.timeout,
                                   budget_s=cfg.report.budget)
             self.reporter = Reporter(target, layout.state_dir / "spool")
+        # Mail and forge code (smtplib, ssl) is imported only by configs that use them.
         self.emailer: EmailNotifier | None = None
-        if cfg.email is not None and enabled(cfg.email):
-            self.emailer = EmailNotifier(cfg.email, layout.state_dir / "spool-email",
-                                         str(cfg.path))
+        if cfg.email is not None:
+            from watcher.delivery.mail import EmailNotifier, enabled
+
+            if enabled(cfg.email):
+                self.emailer = EmailNotifier(cfg.email, layout.state_dir / "spool-email",
+                                             str(cfg.path))
         self.forge: ForgeNotifier | None = None  # [forge]: statuses on the commit
         if cfg.forge is not None:
+            from watcher.delivery.forge import ForgeNotifier
+
             self.forge = ForgeNotifier(cfg.forge, layout.state_dir / "spool-forge",
                                        timeout_s=cfg.forge.timeout, budget_s=cfg.forge.budget)
 
