@@ -26,8 +26,9 @@ HERE = Path(__file__).resolve().parent
 
 class Sandbox:
     def __init__(self) -> None:
-        # The shipped setup: Nginx reaches the colour bluegreen.publish names.
-        self.bg = BlueGreenSite.create(health_timeout="30s", publish=True)
+        # The shipped setup: Nginx reaches the colour bluegreen.publish names; the colours'
+        # startsecs is the shipped 5 (the baseline's program keeps supervisord's default, 1).
+        self.bg = BlueGreenSite.create(health_timeout="30s", publish=True, startsecs=5)
         self.site = self.bg.site
         self.nginx: list[Nginx] = []
         self.base_dir = self.site.base / "baseline"
