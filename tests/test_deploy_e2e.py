@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 from support.fixtures import run_cli
-from support.site import TOKEN, Site, git, log_events, settled, tail
+from support.site import TOKEN, Site, git, log_events, settled, spare_ready, tail
 
 import watcher
 
@@ -205,10 +205,12 @@ def test_noop_check_fetches_nothing(day: Day) -> None:
 # -- 2. code-only change ------------------------------------------------------------------
 def test_code_only_change_reloads_rolling(day: Day) -> None:
     """A template change keeps the master pid (a rolling reload: new workers before the old
-    ones retire), serves the new code, links unchanged files from the live release and
-    carries the collected static files over as hard links."""
+    ones retire), serves the new code, links unchanged files from the live release (through
+    the spare linked from it after the last deploy) and carries the collected static files
+    over as hard links."""
     site = day.site
     old, pid = site.live_release(), site.master_pid()
+    assert spare_ready(site.root, old)  # built by a detached child after the last deploy
     page = "pages/templates/pages/index.html"
     site.commit({page: site.read(page).replace("<h1>mysite</h1>", "<h1>mysite v2</h1>")},
                 "Say v2 on the front page")
@@ -219,6 +221,8 @@ def test_code_only_change_reloads_rolling(day: Day) -> None:
     assert "reload.rolling" in events(res) and "supervisor.hup" not in events(res)
     assert {"export:link", "venv:reuse", "collectstatic:carry", "reload:rolling"} <= set(
         plan_of(res))
+    linked = [e for e in log_events(res.stderr) if e.get("event") == "export.linked"]
+    assert [(e.get("spare"), e["written"]) for e in linked] == [(True, 1)], linked
     view = Path("pages/views.py")
     assert ((site.root / "releases" / new / view).stat().st_ino
             == (site.root / "releases" / old / view).stat().st_ino)

@@ -21,7 +21,7 @@ import pytest
 import structlog
 from support.daemon import fd_count, proc_children, proc_state
 from support.faults import complete_release
-from support.site import TOKEN, Site
+from support.site import TOKEN, Site, leftovers, spare_ready
 
 from watcher import log
 from watcher.config_load import load
@@ -99,6 +99,7 @@ def test_two_hundred_deploys_stay_bounded(site: Site, quiet_log: io.StringIO) ->
         assert (outcome.outcome, outcome.exit_code, outcome.sha) == ("succeeded", 0, sha), (
             f"deploy {n}: {outcome}")
         assert outcome.release is not None
+        assert spare_ready(root, outcome.release, 30), f"deploy {n}: no spare built"
         deployed.append(outcome.release)
         venv_builds += n in REQUIREMENT_CHANGES and REQUIREMENT_CHANGES[n] != ""
 
@@ -151,6 +152,5 @@ def test_two_hundred_deploys_stay_bounded(site: Site, quiet_log: io.StringIO) ->
 
 
 def _trash(root: Path) -> list[str]:
-    """Pruned releases and venvs not deleted yet (dot-names)."""
-    return [p.name for d in ("releases", "venvs") for p in (root / d).iterdir()
-            if p.name.startswith(".")]
+    """Pruned releases and venvs not deleted yet, a spare being built."""
+    return leftovers(root)

@@ -3,6 +3,7 @@ byte and mode for mode, as a full `git archive` export; unchanged files are hard
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 from support.site import git
 
 from watcher.config import GitConfig
-from watcher.parts import release_tree
+from watcher.parts import release_spare, release_tree
 from watcher.parts.gitsource import GitSource
 
 FILES_A: dict[str, str] = {
@@ -27,6 +28,8 @@ FILES_A: dict[str, str] = {
     "becomes-link.txt": "a file, then a symlink\n",
     "REVISION": "a committed REVISION file\n",
     "we ird [name]*.txt": "pathspec magic must not apply\n",
+    "turns-dir": "a file, then a directory\n",
+    "turns-file/inner.txt": "a directory, then a file\n",
     # Unchanged bulk, as in a real repository: most files do not change in a deploy.
     **{f"bulk/{i:02d}.py": f"N = {i}\n" for i in range(30)},
 }
@@ -97,6 +100,11 @@ def change_everything(r: Repo) -> None:
     os.symlink("new/file.txt", w / "newlink")  # added
     (w / "becomes-link.txt").unlink()
     os.symlink("a.txt", w / "becomes-link.txt")
+    (w / "turns-dir").unlink()
+    r.write({"turns-dir/inside.txt": "now a directory\n"})
+    (w / "turns-file" / "inner.txt").unlink()
+    (w / "turns-file").rmdir()
+    r.write({"turns-file": "now a file\n"})
 
 
 def test_linked_release_equals_a_full_export(repo: Repo) -> None:
@@ -244,3 +252,86 @@ def test_export_ignored_paths_stay_out_of_a_linked_release(repo: Repo) -> None:
     repo.source.export(sha_b, out, base=(live, sha_a))
     repo.source.export(sha_b, full)
     assert tree(out) == tree(full) and not (out / "secret.txt").exists()
+
+
+def spare_of(repo: Repo, live: Path, sha: str) -> Path:
+    """What the detached builder does after a deploy: the live release's spare, built."""
+    assert release_spare.build(repo.source.mirror, repo.releases, live.name, sha)
+    spare, marker = release_spare.paths(repo.releases, live.name)
+    assert spare.is_dir() and marker.is_file()
+    return spare
+
+
+def test_release_from_the_spare_equals_a_full_export(repo: Repo) -> None:
+    """A release built from the spare linked ahead of time equals a full export for every
+    kind of change (files added, changed, deleted, renamed, mode-changed, symlinks, a file
+    turned directory and back); the spare is used up, unchanged files share the live
+    release's inodes, rewritten ones do not, and the live release is left as it was."""
+    sha_a = repo.commit("A")
+    live = repo.releases / "a"
+    repo.source.export(sha_a, live)
+    spare = spare_of(repo, live, sha_a)
+    before = tree(live)
+    change_everything(repo)
+    sha_b = repo.commit("B")
+    linked, full = repo.releases / "b-linked", repo.releases / "b-full"
+    assert repo.source.export(sha_b, linked, base=(live, sha_a)) == "linked"
+    repo.source.export(sha_b, full)
+    assert tree(linked) == tree(full)
+    assert tree(live) == before
+    assert not spare.exists() and not release_spare.paths(repo.releases, "a")[1].exists()
+    for unchanged in ("same.txt", "exec.sh", "deep/er/still/x.txt", "dir/b.py"):
+        assert (linked / unchanged).stat().st_ino == (live / unchanged).stat().st_ino
+    for written in ("a.txt", "mode.sh", "REVISION", "turns-file"):
+        assert (linked / written).stat().st_ino != (live / written).stat().st_ino
+    assert (linked / "REVISION").read_text() == sha_b + "\n"
+
+
+def test_damage_the_spare_saw_is_written_not_linked(repo: Repo) -> None:
+    """A live file that did not look as git says when the spare was built (edited in
+    place, lost its executable bit) is written from git at the deploy, as without a spare."""
+    sha_a = repo.commit("A")
+    live = repo.releases / "a"
+    repo.source.export(sha_a, live)
+    (live / "same.txt").write_text("edited in place by someone\n")
+    os.chmod(live / "exec.sh", 0o644)
+    spare_of(repo, live, sha_a)
+    repo.write({"a.txt": "next\n"})
+    sha_b = repo.commit("B")
+    linked, full = repo.releases / "b-linked", repo.releases / "b-full"
+    assert repo.source.export(sha_b, linked, base=(live, sha_a)) == "linked"
+    repo.source.export(sha_b, full)
+    assert tree(linked) == tree(full)
+    assert (linked / "same.txt").stat().st_nlink == 1
+
+
+def test_a_spare_is_used_only_ready_and_for_its_own_live_release(repo: Repo) -> None:
+    """A spare whose marker names another commit, one without its marker (a builder killed
+    mid-way), and any spare while a builder holds the lock, are left alone: the export
+    links from the live release as before and still equals a full export."""
+    sha_a = repo.commit("A")
+    live = repo.releases / "a"
+    repo.source.export(sha_a, live)
+    spare = spare_of(repo, live, sha_a)
+    marker = release_spare.paths(repo.releases, "a")[1]
+    repo.write({"a.txt": "next\n"})
+    sha_b = repo.commit("B")
+    full = repo.releases / "b-full"
+    repo.source.export(sha_b, full)
+
+    marker.write_text(marker.read_text().replace(sha_a, "f" * 40))
+    assert repo.source.export(sha_b, repo.releases / "b1", base=(live, sha_a)) == "linked"
+    assert tree(repo.releases / "b1") == tree(full) and spare.is_dir()
+
+    marker.unlink()
+    assert repo.source.export(sha_b, repo.releases / "b2", base=(live, sha_a)) == "linked"
+    assert tree(repo.releases / "b2") == tree(full) and spare.is_dir()
+
+    spare_of(repo, live, sha_a)  # a fresh, ready one
+    with open(repo.releases / ".spare.lock") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # a builder at work
+        assert repo.source.export(sha_b, repo.releases / "b3", base=(live, sha_a)) == "linked"
+        assert not release_spare.build(repo.source.mirror, repo.releases, "a", sha_a)
+    assert tree(repo.releases / "b3") == tree(full) and marker.is_file()
+    assert repo.source.export(sha_b, repo.releases / "b4", base=(live, sha_a)) == "linked"
+    assert not spare.exists() and tree(repo.releases / "b4") == tree(full)

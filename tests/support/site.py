@@ -218,12 +218,40 @@ def settled(site: Site, expected: str, timeout: float = 10.0) -> str:
     return seen
 
 
+def leftovers(root: Path) -> list[str]:
+    """The `.trash-*` and temp entries in releases/ and venvs/, and a spare still being
+    built (its directory without its `.json` marker): what detached children of a run are
+    still deleting or writing. A finished spare, its marker and `.spare.lock` are not."""
+    found = []
+    for d in ("releases", "venvs"):
+        if not (root / d).is_dir():
+            continue
+        for p in (root / d).iterdir():
+            done_spare = p.name == ".spare.lock" or (
+                p.name.startswith(".spare-") and (p.suffix == ".json" or (
+                    p.is_dir() and p.with_name(p.name + ".json").exists())))
+            if p.name.startswith(".") and not done_spare:
+                found.append(p.name)
+    return found
+
+
+def spare_ready(root: Path, release: str, timeout: float = 60.0) -> bool:
+    """Whether the spare of `release` (the next export's base, linked by a detached child
+    after a deploy) is built within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not (root / "releases" / f".spare-{release}.json").exists():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def trash_emptied(root: Path, timeout: float = 60.0) -> bool:
     """Whether the `.trash-*` and temp entries a run left in releases/ and venvs/ (pruned
-    ones are deleted by a detached child after `--once` exits) are gone within `timeout`."""
+    ones are deleted by a detached child after `--once` exits), and a spare being built,
+    are gone or done within `timeout`."""
     deadline = time.monotonic() + timeout
-    while [p for d in ("releases", "venvs") if (root / d).is_dir()
-           for p in (root / d).iterdir() if p.name.startswith(".")]:
+    while leftovers(root):
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.1)

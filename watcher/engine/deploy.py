@@ -249,6 +249,7 @@ class Deployer:
         prune = plan.step("prune")
         if prune is not None:
             self.after.prune_after_report(state, prune, run)
+        self.git.spare_later(self.layout.releases, name, sha)  # the next export's base
         return outcome
 
     def _stopped_short(self, state: State, run: Run, release: Path, exc: Exception) -> None:

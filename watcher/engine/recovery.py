@@ -20,6 +20,7 @@ from watcher.engine.steps import StepLog
 from watcher.errors import WatcherError
 from watcher.parts import fs, releases, runner, venvs
 from watcher.parts.django_steps import Django
+from watcher.parts.release_spare import PREFIX as SPARE
 from watcher.parts.releases import Layout
 from watcher.parts.state import State
 
@@ -65,9 +66,10 @@ def recover(cfg: Config, layout: Layout, switcher: Switcher, journal: Journal,
             log.warning("recover.remove_release", release=name)
             releases.remove(layout.release(name))
     # `.trash-*` (pruned, maybe half-deleted by a killed deleter) is left to empty_trash,
-    # off the deploy path; other dot-names are a killed export's temp files.
+    # off the deploy path, and `.spare*` to its builder (under its own lock); other
+    # dot-names are a killed export's temp files.
     for tmp in layout.releases.glob(".*"):
-        if not tmp.name.startswith(fs.TRASH):
+        if not tmp.name.startswith((fs.TRASH, SPARE)):
             releases.remove(tmp)
     if layout.venvs.is_dir():
         for venv in layout.venvs.iterdir():

@@ -21,7 +21,7 @@ from watcher.errors import GitError, RemoteUnreachable, StepFailed
 from watcher.gates import peeled_tags, pick_tag
 from watcher.kinds import Commit
 from watcher.log import register_secret, scrub
-from watcher.parts import fs, release_tree
+from watcher.parts import fs, release_spare, release_tree
 from watcher.parts.runner import clean_env, run
 
 log = structlog.get_logger()
@@ -232,6 +232,8 @@ class GitSource:
         if why:
             log.info("export.full", reason=why)
             return "full"
+        if self._from_spare(sha, dest, live, live_sha, tree, changed):
+            return "linked"
         dest.mkdir(parents=True)
         try:
             write, made = release_tree.link_unchanged(tree, changed, live, dest)
@@ -248,6 +250,35 @@ class GitSource:
             raise
         log.info("export.linked", linked=len(tree) - len(write), written=len(write))
         return "linked"
+
+    def _from_spare(self, sha: str, dest: Path, live: Path, live_sha: str,
+                    tree: dict[str, tuple[str, str, int]], changed: frozenset[str]) -> bool:
+        """Build `dest` from the spare linked ahead of time from the live release
+        (parts/release_spare.py): the diff's paths removed, then written with the ones the
+        spare did not link. False when there is none ready, or it failed (dest removed)."""
+        unlinked = release_spare.take(dest.parent, live.name, live_sha, dest)
+        if unlinked is None:
+            return False
+        write = [p for p in tree if p in changed or p in unlinked or p == "REVISION"]
+        try:
+            release_spare.strip(dest, changed)
+            for chunk in release_tree.chunks(write):
+                self._extract(sha, dest, chunk)
+        except (OSError, tarfile.TarError, StepFailed) as exc:
+            shutil.rmtree(dest, ignore_errors=True)
+            log.warning("export.spare_failed", error=str(exc))
+            return False
+        except BaseException:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise
+        log.info("export.linked", linked=len(tree) - len(write), written=len(write),
+                 spare=True)
+        return True
+
+    def spare_later(self, releases: Path, live_name: str, live_sha: str) -> None:
+        """After a deploy: link the new live release into the next one's base, in a detached
+        process, off the deploy's wall time (parts/release_spare.py)."""
+        release_spare.build_later(self.mirror, releases, live_name, live_sha, clean_env())
 
     def changed_paths(self, old: str, new: str) -> frozenset[str] | None:
         """Paths changed between two commits; None when the old one is unknown here."""
