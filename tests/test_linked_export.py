@@ -107,13 +107,25 @@ def change_everything(r: Repo) -> None:
     r.write({"turns-file": "now a file\n"})
 
 
-def test_linked_release_equals_a_full_export(repo: Repo) -> None:
+def spare_of(repo: Repo, live: Path, sha: str) -> Path:
+    """What the detached builder does after a deploy: the live release's spare, built."""
+    assert release_spare.build(repo.source.mirror, repo.releases, live.name, sha)
+    spare, marker = release_spare.paths(repo.releases, live.name)
+    assert spare.is_dir() and marker.is_file()
+    return spare
+
+
+@pytest.mark.parametrize("via_spare", [False, True], ids=["linked", "from-spare"])
+def test_linked_release_equals_a_full_export(repo: Repo, via_spare: bool) -> None:
     """A release linked from the live one equals a full export of the same commit for added,
-    changed, deleted, renamed and mode-changed files and symlinks; unchanged files share the
-    live release's inodes, changed ones do not, and the live release is left as it was."""
+    changed, deleted, renamed and mode-changed files and symlinks, a file turned directory
+    and back; unchanged files share the live release's inodes, changed ones do not, and the
+    live release is left as it was. The same when built from the spare linked ahead of
+    time, which it uses up."""
     sha_a = repo.commit("A")
     live = repo.releases / "a"
     assert repo.source.export(sha_a, live) == "full"
+    spare = spare_of(repo, live, sha_a) if via_spare else None
     before = tree(live)
     change_everything(repo)
     sha_b = repo.commit("B")
@@ -126,14 +138,31 @@ def test_linked_release_equals_a_full_export(repo: Repo) -> None:
     assert (live / "REVISION").read_text() == sha_a + "\n"
     for unchanged in ("same.txt", "exec.sh", "deep/er/still/x.txt", "dir/b.py"):
         assert (linked / unchanged).stat().st_ino == (live / unchanged).stat().st_ino
-    for written in ("a.txt", "mode.sh", "REVISION"):
+    for written in ("a.txt", "mode.sh", "REVISION", "turns-file"):
         assert (linked / written).stat().st_ino != (live / written).stat().st_ino
     assert (full / "same.txt").stat().st_nlink == 1
+    if spare is not None:
+        assert not spare.exists() and not release_spare.paths(repo.releases, "a")[1].exists()
 
 
-def test_damaged_file_in_the_live_release_is_written_not_linked(repo: Repo) -> None:
+def next_release_equals_full(repo: Repo, live: Path, sha_a: str, how: str = "linked") -> Path:
+    """Commit a one-file change, export it with `live` as the base (built `how`) and in
+    full; the two trees are asserted equal. Returns the one built from the base."""
+    repo.write({"a.txt": "next\n"})
+    sha_b = repo.commit("B")
+    linked, full = repo.releases / "b-linked", repo.releases / "b-full"
+    assert repo.source.export(sha_b, linked, base=(live, sha_a)) == how
+    repo.source.export(sha_b, full)
+    assert tree(linked) == tree(full)
+    return linked
+
+
+@pytest.mark.parametrize("via_spare", [False, True], ids=["linked", "from-spare"])
+def test_damaged_file_in_the_live_release_is_written_not_linked(
+        repo: Repo, via_spare: bool) -> None:
     """A live file that no longer looks as git says (size, executable bit, a symlinked
-    parent dir) is written from git instead of linked, so the damage is not carried."""
+    parent dir) is written from git instead of linked, so the damage is not carried; also
+    when the damage was there as the spare was linked."""
     sha_a = repo.commit("A")
     live = repo.releases / "a"
     repo.source.export(sha_a, live)
@@ -141,12 +170,9 @@ def test_damaged_file_in_the_live_release_is_written_not_linked(repo: Repo) -> N
     os.chmod(live / "exec.sh", 0o644)
     os.rename(live / "deep", live / "deep-moved")
     os.symlink("deep-moved", live / "deep")
-    repo.write({"a.txt": "next\n"})
-    sha_b = repo.commit("B")
-    linked, full = repo.releases / "b-linked", repo.releases / "b-full"
-    assert repo.source.export(sha_b, linked, base=(live, sha_a)) == "linked"
-    repo.source.export(sha_b, full)
-    assert tree(linked) == tree(full)
+    if via_spare:
+        spare_of(repo, live, sha_a)
+    linked = next_release_equals_full(repo, live, sha_a)
     assert (linked / "deep/er/still/x.txt").stat().st_nlink == 1
 
 
@@ -165,12 +191,7 @@ def test_no_file_is_linked_through_a_symlink_or_a_file_deep_in_the_live_release(
     os.symlink(outside, live / "deep" / "er")
     os.rename(live / "dir", tmp_path / "dir-moved")
     (live / "dir").write_text("a file where a directory was\n")
-    repo.write({"a.txt": "next\n"})
-    sha_b = repo.commit("B")
-    linked, full = repo.releases / "b-linked", repo.releases / "b-full"
-    assert repo.source.export(sha_b, linked, base=(live, sha_a)) == "linked"
-    repo.source.export(sha_b, full)
-    assert tree(linked) == tree(full)
+    linked = next_release_equals_full(repo, live, sha_a)
     assert (linked / "deep/er/still/x.txt").read_text() == "deep\n"
     assert (outside / "still" / "x.txt").stat().st_nlink == 1
     assert (linked / "dir/b.py").stat().st_nlink == 1
@@ -217,12 +238,7 @@ def test_missing_or_damaged_live_release_falls_back_to_a_full_export(
         (live / "REVISION").unlink()
         (live / "rev").write_text(sha_a + "\n")
         os.symlink("rev", live / "REVISION")
-    repo.write({"a.txt": "next\n"})
-    sha_b = repo.commit("B")
-    out, full = repo.releases / "b", repo.releases / "b-full"
-    assert repo.source.export(sha_b, out, base=(live, sha_a)) == "full"
-    repo.source.export(sha_b, full)
-    assert tree(out) == tree(full)
+    next_release_equals_full(repo, live, sha_a, how="full")
 
 
 def test_gitattributes_change_exports_in_full(repo: Repo) -> None:
@@ -252,57 +268,6 @@ def test_export_ignored_paths_stay_out_of_a_linked_release(repo: Repo) -> None:
     repo.source.export(sha_b, out, base=(live, sha_a))
     repo.source.export(sha_b, full)
     assert tree(out) == tree(full) and not (out / "secret.txt").exists()
-
-
-def spare_of(repo: Repo, live: Path, sha: str) -> Path:
-    """What the detached builder does after a deploy: the live release's spare, built."""
-    assert release_spare.build(repo.source.mirror, repo.releases, live.name, sha)
-    spare, marker = release_spare.paths(repo.releases, live.name)
-    assert spare.is_dir() and marker.is_file()
-    return spare
-
-
-def test_release_from_the_spare_equals_a_full_export(repo: Repo) -> None:
-    """A release built from the spare linked ahead of time equals a full export for every
-    kind of change (files added, changed, deleted, renamed, mode-changed, symlinks, a file
-    turned directory and back); the spare is used up, unchanged files share the live
-    release's inodes, rewritten ones do not, and the live release is left as it was."""
-    sha_a = repo.commit("A")
-    live = repo.releases / "a"
-    repo.source.export(sha_a, live)
-    spare = spare_of(repo, live, sha_a)
-    before = tree(live)
-    change_everything(repo)
-    sha_b = repo.commit("B")
-    linked, full = repo.releases / "b-linked", repo.releases / "b-full"
-    assert repo.source.export(sha_b, linked, base=(live, sha_a)) == "linked"
-    repo.source.export(sha_b, full)
-    assert tree(linked) == tree(full)
-    assert tree(live) == before
-    assert not spare.exists() and not release_spare.paths(repo.releases, "a")[1].exists()
-    for unchanged in ("same.txt", "exec.sh", "deep/er/still/x.txt", "dir/b.py"):
-        assert (linked / unchanged).stat().st_ino == (live / unchanged).stat().st_ino
-    for written in ("a.txt", "mode.sh", "REVISION", "turns-file"):
-        assert (linked / written).stat().st_ino != (live / written).stat().st_ino
-    assert (linked / "REVISION").read_text() == sha_b + "\n"
-
-
-def test_damage_the_spare_saw_is_written_not_linked(repo: Repo) -> None:
-    """A live file that did not look as git says when the spare was built (edited in
-    place, lost its executable bit) is written from git at the deploy, as without a spare."""
-    sha_a = repo.commit("A")
-    live = repo.releases / "a"
-    repo.source.export(sha_a, live)
-    (live / "same.txt").write_text("edited in place by someone\n")
-    os.chmod(live / "exec.sh", 0o644)
-    spare_of(repo, live, sha_a)
-    repo.write({"a.txt": "next\n"})
-    sha_b = repo.commit("B")
-    linked, full = repo.releases / "b-linked", repo.releases / "b-full"
-    assert repo.source.export(sha_b, linked, base=(live, sha_a)) == "linked"
-    repo.source.export(sha_b, full)
-    assert tree(linked) == tree(full)
-    assert (linked / "same.txt").stat().st_nlink == 1
 
 
 def test_a_spare_is_used_only_ready_and_for_its_own_live_release(repo: Repo) -> None:
