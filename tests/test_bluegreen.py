@@ -18,13 +18,12 @@ from typing import IO
 
 import pytest
 from support.nginx import BlueGreenSite
-from support.site import log_events, tail
+from support.site import BROKEN_UNDER_GUNICORN, HEALTHZ, log_events, tail, trash_emptied
 
 from watcher.engine.bluegreen import STOP_TIMEOUT_S
 
 pytestmark = pytest.mark.slow
 REQUIREMENTS = "requirements.txt"
-HEALTHZ = 'return HttpResponse(f"ok {revision()}\\n", content_type="text/plain; charset=utf-8")'
 
 
 @pytest.fixture(scope="module")
@@ -230,6 +229,43 @@ def settled(bg: BlueGreenSite, colour: str, expected: str, timeout: float = 5.0)
         streak = streak + 1 if seen == expected else 0
         time.sleep(0.1)
     return seen
+
+
+def test_a_colour_whose_masters_release_was_pruned_is_swapped_not_hupped(
+        bg: BlueGreenSite) -> None:
+    """Rolling reloads never move a colour's master, so keep_releases code-only deploys
+    prune the release it started in. The next reload swaps colours instead of a HUP (which
+    would kill that master) or a stop and start (which would serve the new release
+    unchecked for startsecs): a release broken under Gunicorn is then caught on the idle
+    colour and never published, and a good one is served by the other colour."""
+    live = bg.recorded_colour()
+    master = bg.program(live)["pid"]
+    views = bg.site.read("pages/views.py")
+    for n in range(3):  # keep_releases = 3
+        bg.site.commit({"pages/about.txt": f"prune {n}\n"}, f"Code change {n}")
+        res = once(bg)
+        assert res.returncode == 0 and reload_action(res) == "reload:rolling", tail(res)
+    good = bg.site.head()
+    assert trash_emptied(bg.site.root), "pruned releases were not deleted"
+    assert bg.program(live)["pid"] == master
+    assert os.readlink(f"/proc/{master}/cwd").endswith(" (deleted)")
+
+    bg.site.commit({"pages/views.py": views.replace(HEALTHZ, BROKEN_UNDER_GUNICORN + HEALTHZ)},
+                   "A health check that fails only under Gunicorn")
+    res = once(bg)
+    assert res.returncode == 1 and res.stdout.startswith("rolled_back:"), tail(res)
+    events = [e["event"] for e in log_events(res.stderr)]
+    assert "bluegreen.master_dir_gone" in events and "supervisor.hup" not in events, tail(res)
+    assert "bluegreen.published" not in events  # the broken colour was never reachable
+    assert bg.program(live)["pid"] == master and published(bg) == live
+    assert settled(bg, live, good) == good
+
+    fixed = bg.site.commit({"pages/views.py": views + "\n# fixed\n"}, "Health fixed")
+    res = once(bg)
+    assert res.returncode == 0, tail(res)
+    now = bg.recorded_colour()
+    assert now != live and published(bg) == now and bg.served(now) == fixed
+    assert bg.statename(live) == "STOPPED"
 
 
 def test_shipped_bluegreen_configs_agree() -> None:

@@ -19,7 +19,8 @@ has not checked, and no settle is needed. Before any colour is stopped the link 
 at the one kept, and `reconcile` re-points a link that reaches no socket (after a reboot).
 
 A code-only change reloads the live colour in place (HUP or rolling): Gunicorn starts fresh
-workers from the new release.
+workers from the new release. Once the release its master started in was pruned (rolling
+reloads never move a master), the colours are swapped instead: a HUP would kill that master.
 
 Which colour is live: the one state.json recorded, checked against Supervisord, which wins.
 After a reboot only the autostart colour runs (see supervisor/conf.d-bluegreen/), whatever
@@ -42,7 +43,7 @@ from dataclasses import dataclass
 import structlog
 
 from watcher.config import Config
-from watcher.engine.rolling import reload_program
+from watcher.engine.rolling import master_dir_gone, reload_program
 from watcher.errors import StepFailed, WatcherError
 from watcher.parts.health import wait_healthy
 from watcher.parts.publish import SocketLink
@@ -139,6 +140,12 @@ class BlueGreen:
         the colour a failed swap left serving this very release (nothing to restart).
         Returns the live colour."""
         live, extra = self.find_live(sup, recorded)
+        if live is not None and mode in ("hup", "rolling") and keep != live.name \
+                and master_dir_gone(sup, live.program):
+            # A HUP would kill its master, a stop and start would serve the new release
+            # unchecked for startsecs: the idle colour is started and checked instead.
+            log.warning("bluegreen.master_dir_gone", colour=live.name, action="swap")
+            mode = "bluegreen"
         if live is None or (mode not in ("hup", "rolling") and keep != live.name):
             live = self._swap(sup, live, sha, recorded)  # restarts (so replaces) any extra
         else:

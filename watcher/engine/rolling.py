@@ -100,19 +100,18 @@ def reload_program(sup: Supervisor, program: str, mode: ReloadMode, timeout: flo
     if mode == "rolling" and rolling_reload(sup, program, timeout):
         return
     rpc_mode = "hup" if mode in ("hup", "rolling") else "restart"
-    if rpc_mode == "hup" and _master_dir_gone(sup, program):
+    if rpc_mode == "hup" and master_dir_gone(sup, program):
+        log.warning("reload.master_dir_gone", program=program,
+                    action="stop and start instead of HUP: the release the Gunicorn master "
+                           "started in was pruned, and a HUP there makes it exit")
         rpc_mode = "restart"
     info = sup.reload(program, rpc_mode, timeout)
     log.info("reload.done", program=program, mode=rpc_mode, pid=info.pid)
 
 
-def _master_dir_gone(sup: Supervisor, program: str) -> bool:
+def master_dir_gone(sup: Supervisor, program: str) -> bool:
     """The running master's directory was pruned: a HUP would make it exit (see
-    `gunicorn.dir_gone`), so the caller stops and starts the program instead."""
+    `gunicorn.dir_gone`). A plain program is then stopped and started; a blue/green colour
+    is swapped instead (`BlueGreen.reload`)."""
     info = sup.info(program)
-    if info.statename != RUNNING or not info.pid or not gunicorn.dir_gone(info.pid):
-        return False
-    log.warning("reload.master_dir_gone", program=program, pid=info.pid,
-                action="stop and start instead of HUP: the release the Gunicorn master "
-                       "started in was pruned, and a HUP there makes it exit")
-    return True
+    return info.statename == RUNNING and bool(info.pid) and gunicorn.dir_gone(info.pid)
