@@ -99,8 +99,11 @@ def take(releases: Path, live_name: str, live_sha: str, dest: Path) -> set[str] 
             unlinked = {str(p) for p in data["unlinked"]}
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        marker.unlink()
-        os.rename(spare, dest)
+        try:
+            marker.unlink()  # first: a spare half taken is never taken again
+            os.rename(spare, dest)
+        except OSError:
+            return None
         return unlinked
 
 
