@@ -222,12 +222,7 @@ class BlueGreen:
         still be STARTING when the swap ends: `find_live` counts the recorded colour in
         STARTING as up, and a reload of it waits for RUNNING first."""
         sup.launch(idle.program)
-        health = self.cfg.health
-        expect = health.expect_revision and bool(sha)
-        return wait_healthy(idle.health_url, expect=sha if expect else None,
-                            timeout=self.cfg.supervisor.start_timeout + health.timeout,
-                            failures=health.failures, interval=min(health.interval, 0.1),
-                            down=lambda: sup.down(idle.program))
+        return self.check(idle, sha, starting=sup)
 
     def _settle(self, sha: str) -> None:
         """Both colours serve for `bluegreen.settle`, so Nginx tries the new colour again
@@ -248,16 +243,22 @@ class BlueGreen:
             time.sleep(0.02)
         log.info("bluegreen.settled", seconds=self.settle, url=ready)
 
-    def check(self, colour: Colour, sha: str, old: str = "", fail_fast: bool = True) -> float:
+    def check(self, colour: Colour, sha: str, old: str = "", fail_fast: bool = True,
+              starting: Supervisor | None = None) -> float:
         """Health-check one colour on its own URL; seconds it took. With `fail_fast`,
         `health.failures` 5xx in a row end it at once; answers naming `old` (a HUPed
-        colour's old workers) do not count."""
+        colour's old workers) do not count. `starting`: the colour was just launched, so
+        the wait also covers its start (`supervisor.start_timeout`), polls more often, and
+        ends at once when Supervisord reports it down."""
         health = self.cfg.health
         expect = health.expect_revision and bool(sha)
-        return wait_healthy(colour.health_url, timeout=health.timeout,
+        timeout, interval = health.timeout, health.interval
+        if starting is not None:
+            timeout, interval = timeout + self.cfg.supervisor.start_timeout, min(interval, 0.1)
+        return wait_healthy(colour.health_url, timeout=timeout,
                             expect=sha if expect else None, old=old if expect and old else None,
-                            failures=health.failures if fail_fast else 0,
-                            interval=health.interval)
+                            failures=health.failures if fail_fast else 0, interval=interval,
+                            down=(lambda: starting.down(colour.program)) if starting else None)
 
 
 def _answers(url: str, sha: str, timeout: float) -> bool:

@@ -63,11 +63,13 @@ class Switcher:
             pass  # it answered with a fault, or a setting is wrong: the reload step says so
 
     def reload(self, mode: ReloadMode, sha: str, colour: str, keep: str = "") -> str:
-        """HUP (code only), or stop+start (new venv) every program; wait for RUNNING.
+        """Rolling or HUP (code only), or stop+start (new venv) every program; wait for
+        RUNNING.
 
-        With [bluegreen] the colours go first: `hup` HUPs the live one, any other mode
-        (`restart`, `bluegreen`) swaps them, health-checking the new one for `sha` before the
-        old one stops. `supervisor.programs` are then reloaded as without it. Returns the
+        With [bluegreen] the colours go first: `hup`/`rolling` reload the live one (or swap,
+        when its master's start release was pruned), any other mode (`restart`,
+        `bluegreen`) swaps them, health-checking the new one for `sha` from its start, before
+        the old one stops. `supervisor.programs` are then reloaded as without it. Returns the
         colour serving now ("" without [bluegreen]); `colour` is the one live before.
         """
         programs = list(self.cfg.supervisor.programs)
