@@ -36,6 +36,9 @@ from watcher.parts.supervisor_rpc import RUNNING, Supervisor
 log = structlog.get_logger()
 RESEND_S = 2.0  # a TTIN whose worker is not counted by then is sent again (signals coalesce)
 RETIRE_WAIT_S = 2.0  # per TTOU: wait this long for the oldest worker to go, then move on
+# /proc is read this often while waiting (about 20 readlinks: cheap); every wait ends within
+# this of what it waits for, and a rolling reload waits four times or more.
+POLL_S = 0.01
 
 
 class _Master:
@@ -50,7 +53,7 @@ class _Master:
         while not cond(self.count()):
             if self.clock() >= until:
                 return False
-            self.sleep(0.05)
+            self.sleep(POLL_S)
         return True
 
 

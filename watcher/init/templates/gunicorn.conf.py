@@ -25,3 +25,31 @@ graceful_timeout = 20
 errorlog = "-"
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
 proc_name = os.environ.get("GUNICORN_PROC_NAME", "{{app}}")
+
+# Django's own modules (library code, never the app) are imported once here in the master,
+# before any worker forks: a worker added by a rolling reload (TTIN) then imports only the
+# release's code, and serves in about 0.1 s instead of 0.3 s; the workers share those pages.
+# They change only with the venv, and watcher starts a new master whenever the venv changes
+# (`supervisor.reload = "auto"`: a stop + start or a blue/green swap). With a forced
+# `reload = "hup"` or `"rolling"` a new venv would keep this Django: delete the block then.
+# Nothing here reads the settings: the app's modules are never imported in the master.
+DJANGO_PRELOAD = (
+    "django.core.handlers.wsgi", "django.core.wsgi", "django.db.models", "django.urls",
+    "django.middleware.security", "django.middleware.common", "django.middleware.csrf",
+    "django.middleware.clickjacking", "django.template.backends.django",
+    "django.db.backends.sqlite3.base", "django.db.backends.mysql.base",
+    "django.db.backends.postgresql.base",
+)
+
+
+def _preload_django() -> None:
+    import importlib
+
+    for name in DJANGO_PRELOAD:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - a database driver not installed: workers say so
+            pass
+
+
+_preload_django()
