@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import configparser
 import grp
+import json
 import os
 import pwd
 import runpy
@@ -181,6 +182,33 @@ def test_gunicorn_conf_defaults_and_env() -> None:
         {"GUNICORN_BIND": "127.0.0.1:8123", "GUNICORN_WORKERS": "3", "GUNICORN_ACCESS_LOG": "-"},
     )
     assert (custom["bind"], custom["workers"], custom["accesslog"]) == ("127.0.0.1:8123", 3, "-")
+
+
+GUNICORN_CONFS = (MYSITE / "gunicorn.conf.py", EXAMPLES / "fullstack" / "gunicorn.conf.py",
+                  ROOT / "watcher" / "init" / "templates" / "gunicorn.conf.py")
+# Run in a fresh interpreter, with the example's settings importable: the block may import
+# Django's own modules, never the settings or the app (that would be a preloaded app).
+_PRELOAD_PROBE = """
+import json, runpy, sys
+conf = runpy.run_path(sys.argv[1])
+from django.conf import settings
+print(json.dumps({"preload": list(conf["DJANGO_PRELOAD"]), "configured": settings.configured,
+                  "app": sorted(m for m in sys.modules if m.split(".")[0] in ("mysite", "pages")),
+                  "wsgi": "django.core.handlers.wsgi" in sys.modules}))
+"""
+
+
+@pytest.mark.parametrize("conf", GUNICORN_CONFS, ids=lambda p: p.parent.name)
+def test_gunicorn_conf_preloads_django_but_never_the_app(conf: Path) -> None:
+    """The shipped gunicorn.conf.py files import Django's own modules in the master (so a
+    worker added by a rolling reload boots fast) without reading the settings or importing
+    any module of the app, and all three preload the same list."""
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "mysite.settings", "PYTHONPATH": str(MYSITE)}
+    res = subprocess.run([sys.executable, "-c", _PRELOAD_PROBE, str(conf)], cwd=MYSITE, env=env,
+                         capture_output=True, text=True, timeout=60, check=True)
+    found = json.loads(res.stdout.splitlines()[-1])
+    assert found["wsgi"] and found["configured"] is False and found["app"] == []
+    assert tuple(found["preload"]) == runpy.run_path(str(GUNICORN_CONFS[0]))["DJANGO_PRELOAD"]
 
 
 def test_watcher_toml_has_exactly_the_design_sections() -> None:

@@ -69,6 +69,7 @@ class DjangoConfig:
     check_deploy: bool = False
     timeout: float = _dur(600.0)
     migration_safety: str = "refuse"  # refuse | warn | off (DESIGN §2a)
+    warm_gate: float = _dur(1800.0)  # a warm gate waits this long for the next deploy; 0: none
 
 
 @dataclass(frozen=True)

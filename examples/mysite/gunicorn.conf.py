@@ -52,13 +52,13 @@ DJANGO_PRELOAD = (
 
 
 def _preload_django() -> None:
+    import contextlib
     import importlib
 
     for name in DJANGO_PRELOAD:
-        try:
+        # A database driver that is not installed: the workers say so if the app needs it.
+        with contextlib.suppress(Exception):
             importlib.import_module(name)
-        except Exception:  # noqa: BLE001 - a database driver not installed: workers say so
-            pass
 
 
 _preload_django()

@@ -40,7 +40,7 @@ class Builder:
         self.steps = steps
         self.digest = venv_digest
         self.live_release = live_release
-        self.django = Django(cfg.django, release)
+        self.django = Django(cfg.django, release, gates=layout.state_dir)
         self.inspection: Inspection | None = None
         self.allow_unsafe = allow_unsafe  # `deploy --allow-unsafe-migrations`
         self.contract_left = contract_left  # contract migrations the live release left

@@ -37,6 +37,7 @@ from watcher.errors import (
     WatcherError,
 )
 from watcher.parts import fs, lock, releases, runner
+from watcher.parts.django_steps import Django
 from watcher.parts.gitsource import GitSource
 from watcher.parts.releases import Layout
 from watcher.parts.signatures import Verifier
@@ -265,6 +266,7 @@ class Deployer:
         if prune is not None:
             self.after.prune_after_report(state, prune, run)
         self.git.spare_later(self.layout.releases, name, sha)  # the next export's base
+        Django(self.cfg.django, self.layout.release(name), self.layout.state_dir).warm_later()
         return outcome
 
     def _stopped_short(self, state: State, run: Run, release: Path, exc: Exception) -> None:

@@ -7,8 +7,10 @@ of `inrelease/`); what it and the other commands find is read into `django_findi
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -17,6 +19,7 @@ import structlog
 
 from watcher.config import DjangoConfig
 from watcher.errors import StepFailed
+from watcher.parts import warm_gate
 from watcher.parts.django_findings import (
     INRELEASE,
     Inspection,
@@ -25,7 +28,8 @@ from watcher.parts.django_findings import (
     SmokeSpec,
     Verdict,
 )
-from watcher.parts.runner import Result, clean_env, run
+from watcher.parts.runner import Child, Result, clean_env, run
+from watcher.parts.venvs import COMPLETE
 
 log = structlog.get_logger()
 MARK = "WATCHER-INSPECT "
@@ -67,9 +71,12 @@ _INSPECT = (
 )
 
 class Django:
-    def __init__(self, cfg: DjangoConfig, release: Path) -> None:
+    def __init__(self, cfg: DjangoConfig, release: Path, gates: Path | None = None) -> None:
+        """`gates`: the state directory, where a warm gate may wait for the gate's boot
+        (`parts/warm_gate.py`); None runs every boot cold."""
         self.cfg = cfg
         self.release = release
+        self.gates = gates
 
     @property
     def python(self) -> Path:
@@ -85,9 +92,30 @@ class Django:
             env["DJANGO_SETTINGS_MODULE"] = self.cfg.settings
         return env
 
-    def manage(self, *args: str, step: str, check: bool = True) -> Result:
+    def manage(self, *args: str, step: str, check: bool = True, warm: bool = False) -> Result:
+        """`warm`: hand the run to a warm gate of this venv when one waits."""
+        handoff = self._hand if warm and self.gates is not None and self.cfg.warm_gate else None
         return run([str(self.python), self.cfg.manage, *args], step=step,
-                   timeout=self.cfg.timeout, cwd=self.release, env=self.env(), check=check)
+                   timeout=self.cfg.timeout, cwd=self.release, env=self.env(), check=check,
+                   handoff=handoff)
+
+    def _gate_key(self, env: Mapping[str, str]) -> str:
+        return warm_gate.key(self.release / ".venv", env, self.release)
+
+    def _hand(self, argv: Sequence[str], cwd: Path, env: Mapping[str, str]) -> Child | None:
+        if self.gates is None:
+            return None
+        return warm_gate.hand(self.gates, self._gate_key(env), argv, cwd, env)
+
+    def warm_later(self) -> None:
+        """After a deploy of this release: a warm gate of its venv for the next deploy's boot
+        (`django.warm_gate` idle at most; 0 starts none)."""
+        if self.gates is None or not self.cfg.warm_gate:
+            return
+        venv = Path(os.path.realpath(self.release / ".venv"))
+        env = self.env()
+        warm_gate.start_later(self.gates, venv / "bin" / "python", venv / COMPLETE, env,
+                              self._gate_key(env), self.cfg.warm_gate)
 
     def inspect(self, step: str = "check", *, gate: bool = False,
                 classify: bool = False, smoke: SmokeSpec | None = None) -> Inspection:
@@ -106,7 +134,7 @@ class Django:
                 "from django.core.management import call_command\n"
                 f"call_command('check', deploy={self.cfg.check_deploy!r})\n" + script
             )
-        res, more = self._shell_json(script, step, smoke)
+        res, more = self._shell_json(script, step, smoke, warm=gate)
         for line in reversed(res.output.splitlines()):
             if line.startswith(MARK) and more is not None:
                 data = json.loads(line[len(MARK):])
@@ -120,14 +148,14 @@ class Django:
         raise StepFailed(step, "could not read STATIC_ROOT and migrations from Django",
                          res.output)
 
-    def _shell_json(self, script: str, step: str,
-                    smoke: SmokeSpec | None = None) -> tuple[Result, Any]:
+    def _shell_json(self, script: str, step: str, smoke: SmokeSpec | None = None,
+                    warm: bool = False) -> tuple[Result, Any]:
         """Run `script` in `manage.py shell`; what it wrote as JSON to the file `OUT` (None
         when it wrote nothing). A file, not stdout: the output is kept only as a tail."""
         with tempfile.TemporaryDirectory(prefix="watcher-django-") as tmp:
             out = Path(tmp) / "out.json"
             script = f"OUT = {str(out)!r}\n" + script
-            res = self._shell(script, step, smoke)
+            res = self._shell(script, step, smoke, warm)
             try:
                 return res, json.loads(out.read_text(encoding="utf-8"))
             except (OSError, ValueError):
@@ -144,11 +172,12 @@ class Django:
                 return SmokeReport.from_json(json.loads(line[len(MARK):]))
         raise StepFailed(step, "the smoke requests gave no answer", res.output)
 
-    def _shell(self, script: str, step: str, smoke: SmokeSpec | None) -> Result:
+    def _shell(self, script: str, step: str, smoke: SmokeSpec | None,
+               warm: bool = False) -> Result:
         """`manage.py shell -c script`; a timeout while a smoke request was out is that
         request's failure (step "smoke"), naming its path."""
         try:
-            return self.manage("shell", "--verbosity", "0", "-c", script, step=step)
+            return self.manage("shell", "--verbosity", "0", "-c", script, step=step, warm=warm)
         except StepFailed as exc:
             started = [line for line in exc.output_tail.splitlines()
                        if line.startswith(SMOKE_STARTED)]

@@ -11,9 +11,10 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Protocol
 
 import structlog
 
@@ -46,6 +47,22 @@ class Result:
     def ok(self) -> bool:
         return self.returncode == 0 and not self.timed_out
 
+
+class Child(Protocol):
+    """What `run` needs of a child: a Popen, or a run handed to a process that was started
+    before (parts/warm_gate.py), which leads its own process group like a Popen here."""
+
+    pid: int
+    returncode: int | None
+    stdout: IO[bytes] | None
+    stderr: IO[bytes] | None
+
+    def poll(self) -> int | None: ...
+    def wait(self) -> int: ...
+
+
+# Given argv, cwd and environment: a Child already running them, or None to start them here.
+Handoff = Callable[[Sequence[str], Path, Mapping[str, str]], Child | None]
 
 _CHILDREN: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
     "watcher_children", default=None)
@@ -115,6 +132,7 @@ def run(
     env: Mapping[str, str] | None = None,
     stdout_path: Path | None = None,
     check: bool = True,
+    handoff: Handoff | None = None,
 ) -> Result:
     """Run argv; raise StepFailed on a non-zero exit or a timeout when `check`.
 
@@ -128,12 +146,52 @@ def run(
     The output is read in chunks of `CHUNK` bytes into a buffer that keeps only the last
     `TAIL_BYTES`: a single line of 100 MB costs no more memory than a short one.
     With `stdout_path`, stdout goes to that file and only stderr is kept as output.
+    `handoff` (not with `stdout_path`) may give the run to a process already waiting for it
+    (stdout and stderr into one pipe, as here); when it does not, the child starts here.
     """
     argv = tuple(str(a) for a in argv)
     started = time.monotonic()
     out_file = stdout_path.open("wb") if stdout_path else None
+    proc: Child | None = None
+    if handoff is not None and out_file is None and cwd is not None:
+        proc = handoff(argv, cwd, dict(env) if env is not None else dict(os.environ))
+    if proc is None:
+        proc = _start(argv, step, cwd, env, out_file)
+    marker = _record_child(proc.pid)
+    stream = proc.stderr if out_file else proc.stdout
+    if stream is None:  # pragma: no cover - Popen always gives a pipe here
+        raise RuntimeError("no output pipe")
+    os.set_blocking(stream.fileno(), False)
+    output = _Tail()
+    exited = _ExitWaiter(proc)
     try:
-        proc = subprocess.Popen(
+        timed_out = _watch(proc, exited, stream.fileno(), output, step, started + timeout)
+    finally:
+        exited.close()
+        returncode = _kill_group(proc)  # the group's leftovers die with the step, whatever ended it
+        if marker is not None:
+            marker.unlink(missing_ok=True)
+        output.drain(stream.fileno(), time.monotonic() + DRAIN_S)
+        stream.close()  # no other thread reads it: closing never waits for a writer
+        if out_file:
+            out_file.close()
+    result = Result(
+        argv=argv,
+        returncode=returncode,
+        output=scrub(tail(output.text())),
+        duration_s=time.monotonic() - started,
+        timed_out=timed_out,
+    )
+    if check and not result.ok:
+        raise failure(step, result.argv, result.returncode, result.output, timeout,
+                      timed_out=result.timed_out)
+    return result
+
+
+def _start(argv: tuple[str, ...], step: str, cwd: Path | None, env: Mapping[str, str] | None,
+           out_file: IO[bytes] | None) -> Child:
+    try:
+        return subprocess.Popen(
             argv,
             cwd=cwd,
             env=dict(env) if env is not None else None,
@@ -146,38 +204,9 @@ def run(
         if out_file:
             out_file.close()
         raise StepFailed(step, f"cannot run {argv[0]}: {exc.strerror}") from None
-    marker = _record_child(proc.pid)
-    stream = proc.stderr if out_file else proc.stdout
-    if stream is None:  # pragma: no cover - Popen always gives a pipe here
-        raise RuntimeError("no output pipe")
-    os.set_blocking(stream.fileno(), False)
-    output = _Tail()
-    exited = _ExitWaiter(proc)
-    try:
-        timed_out = _watch(proc, exited, stream.fileno(), output, step, started + timeout)
-    finally:
-        exited.close()
-        _kill_group(proc)  # the leftovers of the group die with the step, whatever ended it
-        if marker is not None:
-            marker.unlink(missing_ok=True)
-        output.drain(stream.fileno(), time.monotonic() + DRAIN_S)
-        stream.close()  # no other thread reads it: closing never waits for a writer
-        if out_file:
-            out_file.close()
-    result = Result(
-        argv=argv,
-        returncode=proc.returncode,
-        output=scrub(tail(output.text())),
-        duration_s=time.monotonic() - started,
-        timed_out=timed_out,
-    )
-    if check and not result.ok:
-        raise failure(step, result.argv, result.returncode, result.output, timeout,
-                      timed_out=result.timed_out)
-    return result
 
 
-def _watch(proc: subprocess.Popen[bytes], exited: _ExitWaiter, fd: int, output: _Tail,
+def _watch(proc: Child, exited: _ExitWaiter, fd: int, output: _Tail,
            step: str, deadline: float) -> bool:
     """Read output until the child exits (False) or the deadline passes (True); a shutdown
     request raises Interrupted. Logs a progress line every PROGRESS_EVERY seconds."""
@@ -247,7 +276,7 @@ class _ExitWaiter:
     process group, cannot be reused before the group is killed.
     """
 
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+    def __init__(self, proc: Child) -> None:
         self.proc = proc
         try:
             self.pidfd: int | None = os.pidfd_open(proc.pid)
@@ -278,10 +307,11 @@ def _ready(fds: list[int], timeout: float) -> set[int]:
     return {fd for fd, _ in poller.poll(timeout * 1000)}
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+def _kill_group(proc: Child) -> int:
+    """Kill what is left of the child's group; the child's exit code."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    return proc.wait()
 
 
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
