@@ -207,7 +207,7 @@ def test_code_only_change_reloads_rolling(day: Day) -> None:
     """A template change keeps the master pid (a rolling reload: new workers before the old
     ones retire), serves the new code, links unchanged files from the live release (through
     the spare linked from it after the last deploy) and carries the collected static files
-    over as hard links."""
+    over as hard links. Its gate runs in the warm gate the last deploy left waiting."""
     site = day.site
     old, pid = site.live_release(), site.master_pid()
     assert spare_ready(site.root, old)  # built by a detached child after the last deploy
@@ -219,6 +219,7 @@ def test_code_only_change_reloads_rolling(day: Day) -> None:
     assert new != old
     assert site.master_pid() == pid
     assert "reload.rolling" in events(res) and "supervisor.hup" not in events(res)
+    assert "gate.warm" in events(res) and "gate.cold" not in events(res)
     assert {"export:link", "venv:reuse", "collectstatic:carry", "reload:rolling"} <= set(
         plan_of(res))
     linked = [e for e in log_events(res.stderr) if e.get("event") == "export.linked"]
@@ -253,7 +254,8 @@ def test_static_change_collects_static_again(day: Day) -> None:
 
 # -- 3. requirements change ---------------------------------------------------------------
 def test_requirements_change_builds_a_venv_and_restarts(day: Day) -> None:
-    """A requirements change builds a new venvs/<hash> and restarts the program (new pid)."""
+    """A requirements change builds a new venvs/<hash> and restarts the program (new pid);
+    the warm gate waiting for the old venv is not used: the gate boots cold."""
     site = day.site
     old, pid = site.live_release(), site.master_pid()
     site.commit({"requirements.txt": site.read("requirements.txt") + "# reviewed\n"},
@@ -261,6 +263,7 @@ def test_requirements_change_builds_a_venv_and_restarts(day: Day) -> None:
     res = day.deploy(label="requirements deploy (venv build, restart)")
     new = site.live_release()
     assert site.master_pid() != pid
+    assert "gate.cold" in events(res) and "gate.warm" not in events(res)
     assert {"venv:build", "reload:restart", "collectstatic:run"} <= set(plan_of(res))
     old_venv, new_venv = venv_of(site, old), venv_of(site, new)
     assert new_venv != old_venv
@@ -281,6 +284,7 @@ def test_import_error_stops_before_the_switch(day: Day) -> None:
     day.bad.append(bad)
     res = day.watcher("--once", label="failed deploy (check)")
     assert res.returncode == 1, tail(res)
+    assert "gate.warm" in events(res)  # the error comes through the warm gate as cold
     assert site.served_revision() == live_sha
     assert (site.live_release(), site.master_pid()) == (live, pid)
     assert site.releases() == releases

@@ -28,7 +28,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from support.site import Site
+from support.site import Site, watcher_env
 
 # The events that each mark the start of one check of the remote.
 CHECK_EVENTS = frozenset({"check.unchanged", "check.known_bad", "deploy.start",
@@ -37,7 +37,7 @@ CHECK_EVENTS = frozenset({"check.unchanged", "check.known_bad", "deploy.start",
 
 class DaemonProcess:
     def __init__(self, site: Site, **overrides: str) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHER_")}
+        env = watcher_env()
         env.update({f"WATCHER_{key.upper()}": value for key, value in overrides.items()})
         self.log_path = site.base / f"daemon-{time.monotonic_ns()}.log"
         self._log = self.log_path.open("wb")

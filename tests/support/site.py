@@ -136,7 +136,7 @@ budget = "5s"
 
     # -- watcher ---------------------------------------------------------------------
     def watcher(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHER_")}
+        env = watcher_env()
         return subprocess.run(
             [sys.executable, "-m", "watcher", *args, "--config", str(self.config)],
             capture_output=True, text=True, timeout=timeout, env=env, check=False,
@@ -185,6 +185,15 @@ budget = "5s"
         self.sv.stop()
         self.api.close()
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+def watcher_env() -> dict[str, str]:
+    """The environment a watcher started by a test runs with: ours without WATCHER_*
+    variables, and without pytest's PYTEST_CURRENT_TEST, which names the test running and so
+    would make each test's watcher a different environment (a warm gate is only used by
+    the environment that started it)."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith("WATCHER_") and k != "PYTEST_CURRENT_TEST"}
 
 
 # The example app's /healthz body, and a line put before it that makes it answer 500 only
