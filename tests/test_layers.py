@@ -21,13 +21,14 @@ SHARED_PARTS = frozenset({"watcher.parts.runner", "watcher.parts.fs"})
 # release_tree (how exports land in a release), django_findings (what a release's Django
 # reports), supervisor_link (the XML-RPC wire), run_failure (how a failed command is told)
 # venv_bytecode (bytecode a new venv borrows from the live one) and release_spare (the next
-# release's base, linked ahead of time).
+# release's base, linked ahead of time), warm_gate (a Django boot started ahead of time).
 OWNED_PARTS = {"watcher.parts.release_tree": "watcher.parts.gitsource",
                "watcher.parts.django_findings": "watcher.parts.django_steps",
                "watcher.parts.supervisor_link": "watcher.parts.supervisor_rpc",
                "watcher.parts.run_failure": "watcher.parts.runner",
                "watcher.parts.venv_bytecode": "watcher.parts.venvs",
-               "watcher.parts.release_spare": "watcher.parts.gitsource"}
+               "watcher.parts.release_spare": "watcher.parts.gitsource",
+               "watcher.parts.warm_gate": "watcher.parts.django_steps"}
 BASE = frozenset({"watcher", "watcher.errors", "watcher.kinds", "watcher.log",
                   "watcher.config", "watcher.config_load", "watcher.config_checks",
                   "watcher.config_values"})

@@ -177,6 +177,6 @@ def test_a_second_start_leaves_a_waiting_gate_alone(release: Release) -> None:
     assert release.start_gate() == pid
     warm_gate.stop(release.gates)
     assert until(lambda: not running(pid), 5)
-    release.django(warm=0).warm_later()
+    release.django(warm=0).warm_later(Path(sys.prefix), release.marker)
     assert warm_gate._read(release.gates) is not None  # the old record, nothing new started
     assert not (release.gates / warm_gate.SOCKET).exists()

@@ -93,6 +93,7 @@ class Daemon:
             self.server.stop()
             restore()
             runner.CANCEL.clear()  # the flag is process-wide: leave none behind for others
+            self.deployer.stop_warm_gate()  # a stopped daemon leaves no process behind
             log.info("daemon.stopped", checks=self.checks)
         return EXIT_OK
 

@@ -36,7 +36,7 @@ from watcher.errors import (
     TransientError,
     WatcherError,
 )
-from watcher.parts import fs, lock, releases, runner
+from watcher.parts import fs, lock, releases, runner, venvs
 from watcher.parts.django_steps import Django
 from watcher.parts.gitsource import GitSource
 from watcher.parts.releases import Layout
@@ -266,7 +266,9 @@ class Deployer:
         if prune is not None:
             self.after.prune_after_report(state, prune, run)
         self.git.spare_later(self.layout.releases, name, sha)  # the next export's base
-        Django(self.cfg.django, self.layout.release(name), self.layout.state_dir).warm_later()
+        venv = self.layout.venvs / builder.digest  # the next gate's boot, warm
+        Django(self.cfg.django, self.layout.release(name), self.layout.state_dir).warm_later(
+            venv, venv / venvs.COMPLETE)
         return outcome
 
     def _stopped_short(self, state: State, run: Run, release: Path, exc: Exception) -> None:
@@ -308,6 +310,11 @@ class Deployer:
                                       failed, exc)
         releases.remove(self.layout.release(failed))
         return self.journal.close(state, run, "rolled_back", EXIT_FAILED, live.name, exc)
+
+    def stop_warm_gate(self) -> None:
+        """End the warm gate the last deploy left waiting (`watcher --once` leaves it for the
+        next run; a daemon that stops takes it down)."""
+        Django(self.cfg.django, self.layout.current, self.layout.state_dir).stop_warm()
 
     def empty_trash(self) -> int:
         """Delete what pruning renamed away, in a process of its own that outlives this one:

@@ -7,7 +7,6 @@ of `inrelease/`); what it and the other commands find is read into `django_findi
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -29,7 +28,6 @@ from watcher.parts.django_findings import (
     Verdict,
 )
 from watcher.parts.runner import Child, Result, clean_env, run
-from watcher.parts.venvs import COMPLETE
 
 log = structlog.get_logger()
 MARK = "WATCHER-INSPECT "
@@ -107,14 +105,18 @@ class Django:
             return None
         return warm_gate.hand(self.gates, self._gate_key(env), argv, cwd, env)
 
-    def warm_later(self) -> None:
-        """After a deploy of this release: a warm gate of its venv for the next deploy's boot
-        (`django.warm_gate` idle at most; 0 starts none)."""
+    def stop_warm(self) -> None:
+        if self.gates is not None:
+            warm_gate.stop(self.gates)
+
+    def warm_later(self, venv: Path, marker: Path) -> None:
+        """After a deploy of this release: a warm gate of its venv (`venv`, the directory its
+        `.venv` links to) for the next deploy's boot, for at most `django.warm_gate` (0
+        starts none) and no longer than `marker` (the venv's completion mark) exists."""
         if self.gates is None or not self.cfg.warm_gate:
             return
-        venv = Path(os.path.realpath(self.release / ".venv"))
         env = self.env()
-        warm_gate.start_later(self.gates, venv / "bin" / "python", venv / COMPLETE, env,
+        warm_gate.start_later(self.gates, venv / "bin" / "python", marker, env,
                               self._gate_key(env), self.cfg.warm_gate)
 
     def inspect(self, step: str = "check", *, gate: bool = False,

@@ -42,6 +42,7 @@ from watcher.parts import fs
 
 log = structlog.get_logger()
 SCRIPT = Path(__file__).resolve().parent / "inrelease" / "warm_gate.py"
+PROTOCOL = 1  # of the hand-off with inrelease/warm_gate.py: part of every key
 SOCKET = "gate.sock"
 RECORD = "gate.json"
 CONNECT_S = 1.0  # a waiting gate answers at once; a stuck one costs no more than this
@@ -49,9 +50,10 @@ EXIT_CODE_S = 1.0  # after it exited, its exit code is already in the socket
 
 
 def key(venv: Path, env: Mapping[str, str], release: Path) -> str:
-    """What a gate must have been started for to run a release's gate."""
+    """What a gate must have been started for to run a release's gate (with the version of
+    this hand-off: a gate left by an older watcher is never used by a newer one)."""
     generic = {k: v.replace(str(release), "{release}") for k, v in env.items()}
-    text = json.dumps([os.path.realpath(venv), sorted(generic.items())])
+    text = json.dumps([PROTOCOL, os.path.realpath(venv), sorted(generic.items())])
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -111,7 +113,22 @@ def stop(state_dir: Path) -> None:
     if record is not None and _alive(record):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(record.pid, signal.SIGTERM)
+        _gone(record.pid)
     (state_dir / SOCKET).unlink(missing_ok=True)
+
+
+def _gone(pid: int, within: float = 1.0) -> None:
+    """Wait for a stopped gate to go; reap it when it is our child (a daemon's gate), so no
+    zombie is left behind."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                return
+        except ChildProcessError:  # not ours (a `--once` before us started it)
+            if _start_time(pid) is None:
+                return
+        time.sleep(0.01)
 
 
 class Handed:
