@@ -71,9 +71,9 @@ class Sandbox:
         return self.site.commit({"requirements.txt": "\n".join(keep + extra) + "\n"},
                                 f"Requirements {n}")
 
-    def watcher_deploy(self) -> float:
+    def watcher_deploy(self, env: dict[str, str] | None = None) -> float:
         started = time.monotonic()
-        res = self.site.watcher("--once", timeout=300)
+        res = self.site.watcher("--once", timeout=300, env=env)
         took = time.monotonic() - started
         if res.returncode != 0:
             raise RuntimeError(f"watcher deploy failed: {res.stderr[-3000:]}")

@@ -135,8 +135,10 @@ budget = "5s"
         return (self.work / rel).read_text()
 
     # -- watcher ---------------------------------------------------------------------
-    def watcher(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        env = watcher_env()
+    def watcher(self, *args: str, timeout: float = 300,
+                env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """`python -m watcher ARGS --config <ours>`; `env`: variables added (overrides)."""
+        env = {**watcher_env(), **(env or {})}
         return subprocess.run(
             [sys.executable, "-m", "watcher", *args, "--config", str(self.config)],
             capture_output=True, text=True, timeout=timeout, env=env, check=False,
