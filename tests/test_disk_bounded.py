@@ -123,7 +123,8 @@ def test_two_hundred_deploys_stay_bounded(site: Site, quiet_log: io.StringIO) ->
     assert set(state["releases"]) == set(site.releases())
     assert len(state["history"]) <= 200 and state["bad"] == {}
     state_dir = {p.name for p in (root / ".watcher").iterdir()}
-    assert state_dir <= {"state.json", "lock", "spool", "children", "cache"}, state_dir
+    assert state_dir <= {"state.json", "lock", "spool", "children", "cache",
+                         "gate.json", "gate.sock"}, state_dir
     assert not list((root / ".watcher" / "children").iterdir()), "a finished child's record"
     deadline = time.monotonic() + 60  # the background deletions of pruned trees finish
     while time.monotonic() < deadline and _trash(root):

@@ -114,6 +114,23 @@ def test_a_broken_release_fails_the_same_through_the_gate(release: Release) -> N
     assert "status 1" in warm.value.message
 
 
+def test_exit_code_and_exit_handlers_are_those_of_a_cold_run(release: Release) -> None:
+    """Through a gate, a command's exit code is its own and what the app's atexit handlers
+    print is part of its output, as when `python manage.py` ends by itself."""
+    settings = release.path / "mysite" / "settings.py"
+    settings.write_text(settings.read_text()
+                        + '\nimport atexit\natexit.register(print, "bye-from-atexit")\n')
+    dj = release.django()
+    script = "import sys; print('said'); sys.exit(3)"
+    cold = dj.manage("shell", "-c", script, step="check", check=False)
+    release.start_gate()
+    with capture_logs() as events:
+        warm = dj.manage("shell", "-c", script, step="check", check=False, warm=True)
+    assert any(e["event"] == "gate.warm" for e in events)
+    assert (warm.returncode, warm.output) == (cold.returncode, cold.output)
+    assert warm.returncode == 3 and warm.output.endswith("said\nbye-from-atexit")
+
+
 def test_a_gate_that_hangs_is_killed_at_the_timeout(release: Release) -> None:
     """A boot that hangs in the gate ends at django.timeout as a child's would: the step
     fails as timed out and the gate's process group is gone."""

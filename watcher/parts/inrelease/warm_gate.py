@@ -13,7 +13,8 @@ watcher, and the app's modules only once it is told which release to run.
    answered {"ok": false} and it exits: watcher then runs the gate cold.
 3. Otherwise it answers {"ok": true, "pid": ...}, makes the fd its stdout and stderr and
    /dev/null its stdin, takes the release's cwd, environment, argv and sys.path[0] (what
-   `python manage.py` would have), runs manage.py as __main__, and sends {"exit": code}.
+   `python manage.py` would have), runs manage.py as __main__ and exits as the interpreter
+   does (threads joined, the app's atexit handlers run); {"exit": code} is sent last.
 
 It exits without running anything after IDLE_S seconds, when SOCKET is removed or replaced
 (another gate took its place, or the site is gone) or when MARKER (the venv's `.complete`)
@@ -23,6 +24,7 @@ a timeout, as it does for every step.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib
 import json
@@ -113,9 +115,6 @@ def run(go: dict, out_fd: int) -> int:
     except BaseException:  # reported as python would, then the exit code
         traceback.print_exc()
         code = 1
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):  # the reader went away: the code still goes back
-            stream.flush()
     return code
 
 
@@ -135,10 +134,20 @@ def main(path: str, key: str, idle_s: float, marker: str) -> None:
         conn.sendall(b'{"ok": false}\n')
         return
     conn.sendall(json.dumps({"ok": True, "pid": os.getpid()}).encode() + b"\n")
-    code = run(go, fds[0])
+    ended: list[int] = []
+    # Registered before anything of the app: atexit runs it last, after the app's own exit
+    # handlers (whatever they print is output too) and once its threads were joined.
+    atexit.register(report_exit, conn, ended)
+    ended.append(run(go, fds[0]))
+    sys.exit(ended[0])  # the interpreter's own exit, as `python manage.py` ends
+
+
+def report_exit(conn: socket.socket, ended: list[int]) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # the reader went away: the code still goes back
+            stream.flush()
     with contextlib.suppress(OSError):
-        conn.sendall(json.dumps({"exit": code}).encode() + b"\n")
-    os._exit(code & 0xFF)
+        conn.sendall(json.dumps({"exit": ended[0] if ended else 1}).encode() + b"\n")
 
 
 if __name__ == "__main__":
