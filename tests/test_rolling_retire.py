@@ -25,13 +25,15 @@ from watcher.parts import gunicorn
 from watcher.parts.supervisor_rpc import RUNNING, ProcessInfo
 
 GUNICORN = Path(sys.executable).parent / "gunicorn"
-# A slow request for the busy-worker case; every other path is the example app.
+# A slow request for the busy-worker case (the worker serving it says so in the app's
+# directory, its cwd); every other path is the example app.
 SLOW_APP = '''
-import time
+import os, time
 from mysite.wsgi import application
 
 def app(environ, start_response):
     if environ["PATH_INFO"] == "/slow":
+        open(f"busy-{os.getpid()}", "w").close()
         time.sleep(float(environ["QUERY_STRING"]))
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"slow\\n"]
@@ -42,8 +44,8 @@ def app(environ, start_response):
 class Master:
     """A Gunicorn master, and the two supervisord calls a rolling reload makes of it."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], port: int) -> None:
-        self.proc, self.port, self.sent = proc, port, list[str]()
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, app: Path) -> None:
+        self.proc, self.port, self.app, self.sent = proc, port, app, list[str]()
         self.before_ttou: list[int] = []  # the workers when the first TTOU went
 
     def info(self, program: str) -> ProcessInfo:
@@ -87,7 +89,7 @@ def start(tmp_path: Path) -> Iterator[Callable[[int], Master]]:
                  "GUNICORN_WORKERS": str(n)},
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         procs.append(proc)
-        master = Master(proc, port)
+        master = Master(proc, port, app)
         assert master.settled(n, timeout=60)
         return master
 
@@ -123,12 +125,15 @@ def test_a_busy_old_worker_delays_the_next_ttou_but_never_loses_one(
     master = start(2)
     old = master.children()
     answers: list[bytes] = []
-    url = f"http://127.0.0.1:{master.port}/slow?2.5"
+    url = f"http://127.0.0.1:{master.port}/slow?5"
     slow = [threading.Thread(target=lambda: answers.append(urllib.request.urlopen(url).read()))
             for _ in old]
     for thread in slow:
         thread.start()
-    time.sleep(0.3)  # each idle old worker took one
+    deadline = time.monotonic() + 30
+    while not all((master.app / f"busy-{pid}").exists() for pid in old):  # one each
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
     began = time.monotonic()
     assert rolling.rolling_reload(master, "mysite", 30.0)  # type: ignore[arg-type]
     assert time.monotonic() - began >= 2 * 0.5
