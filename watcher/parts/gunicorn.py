@@ -10,8 +10,15 @@ mtime is its creation time on the wall clock, equal to its ctime. So a worker ha
 the app once its heartbeat's mtime is more than a second away from its ctime (a monotonic
 reading is decades away from the wall clock).
 
+A worker holds its own heartbeat open too (it closed its siblings' after the fork) and
+closes it in spawn_worker's `finally`, once it left its request loop: on the SIGTERM with
+which the master retires it, within milliseconds when idle, only after the request when busy
+with one. `retiring` reads that, for the worker `children` listed (oldest first: TTOU retires
+the oldest), so a rolling reload sends the next TTOU only once the master acted on the last.
+
 Reading another process's /proc/<pid>/fd needs the same user (or root): when the app runs
-as another user than watcher, `workers` answers None and the caller falls back to a HUP.
+as another user than watcher, `workers` and `children` answer None and the caller falls back
+(a HUP, or one reaped worker per TTOU).
 """
 
 from __future__ import annotations
@@ -29,14 +36,66 @@ class Workers:
     ready: int  # of those, the ones that loaded the app and entered their request loop
 
 
+@dataclass(frozen=True)
+class Worker:
+    pid: int
+    heartbeat: tuple[int, int]  # its own heartbeat file: (st_dev, st_ino)
+
+
 def workers(master_pid: int, proc: Path = Path("/proc")) -> Workers | None:
     """The master's workers, or None when /proc cannot tell (another user's process, no
     /proc, or not a Gunicorn master)."""
+    beats = _heartbeats(proc / str(master_pid))
+    if not beats:
+        return None
+    ready = sum(abs(st.st_mtime - st.st_ctime) > 1.0 for st in beats.values())
+    return Workers(len(beats), ready)
+
+
+def children(master_pid: int, proc: Path = Path("/proc")) -> list[Worker] | None:
+    """The master's workers, oldest first, each with its own heartbeat; None when /proc
+    cannot tell for sure: no `children` file (a kernel without CONFIG_PROC_CHILDREN, another
+    user), a child holding not exactly one of the master's heartbeats (exited meanwhile, or
+    a Gunicorn that leaks them), or start times out of order.
+
+    The kernel lists a process's children in fork order, and the master forks its workers
+    in the order of their age, the order TTOU retires them in."""
+    task = proc / str(master_pid) / "task" / str(master_pid) / "children"
+    ours = _heartbeats(proc / str(master_pid))
     try:
-        fds = list((proc / str(master_pid) / "fd").iterdir())
+        pids = [int(pid) for pid in task.read_text().split()]
+    except (OSError, ValueError):
+        return None
+    found, starts = [], []
+    for pid in pids:
+        own = set(_heartbeats(proc / str(pid)) or ()) & set(ours or ())
+        start = _start_time(proc / str(pid))
+        if len(own) != 1 or start is None:
+            return None
+        found.append(Worker(pid, own.pop()))
+        starts.append(start)
+    return found if found and starts == sorted(starts) else None
+
+
+def retiring(worker: Worker, proc: Path = Path("/proc")) -> bool:
+    """Whether the worker closed its heartbeat: it left its request loop (the master's
+    SIGTERM, or it stopped by itself) and is exiting, a zombie, or reaped. False while it
+    holds the heartbeat, and when /proc cannot tell (another user's process)."""
+    pid_dir = proc / str(worker.pid)
+    beats = _heartbeats(pid_dir)
+    if beats is None:
+        return not pid_dir.exists()  # reaped; else unreadable: no evidence
+    return worker.heartbeat not in beats
+
+
+def _heartbeats(pid_dir: Path) -> dict[tuple[int, int], os.stat_result] | None:
+    """The heartbeat files a process holds open, by (st_dev, st_ino); None when its fds
+    cannot be listed (gone, or another user's process)."""
+    try:
+        fds = list((pid_dir / "fd").iterdir())
     except OSError:
         return None
-    total = ready = 0
+    beats = {}
     for fd in fds:
         try:
             if HEARTBEAT not in os.readlink(fd):
@@ -44,10 +103,16 @@ def workers(master_pid: int, proc: Path = Path("/proc")) -> Workers | None:
             st = os.stat(fd)  # through the fd link: the open, unlinked heartbeat file
         except OSError:
             continue  # closed meanwhile (a worker reaped)
-        total += 1
-        if abs(st.st_mtime - st.st_ctime) > 1.0:
-            ready += 1
-    return Workers(total, ready) if total else None
+        beats[(st.st_dev, st.st_ino)] = st
+    return beats
+
+
+def _start_time(pid_dir: Path) -> int | None:
+    """When the process started, in clock ticks since boot (field 22 of /proc/<pid>/stat)."""
+    try:
+        return int((pid_dir / "stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def dir_gone(master_pid: int, proc: Path = Path("/proc")) -> bool:
