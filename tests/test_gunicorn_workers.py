@@ -36,6 +36,8 @@ def test_workers_counts_booted_and_added_workers(tmp_path: Path) -> None:
     app = tmp_path / "app"
     shutil.copytree(EXAMPLE, app, ignore=shutil.ignore_patterns("__pycache__", "data"))
     (app / "data").mkdir()
+    wsgi = app / "mysite" / "wsgi.py"  # a slow app import: the added worker is seen booting
+    wsgi.write_text("import time\ntime.sleep(0.5)\n" + wsgi.read_text())
     proc = subprocess.Popen(
         [str(GUNICORN), "--chdir", str(app), "-c", str(app / "gunicorn.conf.py")],
         env={"PATH": os.environ["PATH"], "GUNICORN_BIND": f"127.0.0.1:{free_port()}",
