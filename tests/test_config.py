@@ -75,6 +75,16 @@ def test_zero_durations_are_refused(key: str) -> None:
     assert f"git.{key}" in msg and "more than 0" in msg
 
 
+def test_warm_gate_takes_zero_to_turn_it_off() -> None:
+    """django.warm_gate is 30 minutes by default, 0 turns it off (the one duration that
+    may be 0), and a negative or non-duration value is refused, naming the key."""
+    assert cfg().django.warm_gate == 1800.0
+    assert cfg(django={"warm_gate": "0"}).django.warm_gate == 0.0
+    assert cfg(django={"warm_gate": "5m"}).django.warm_gate == 300.0
+    assert "django.warm_gate" in error_of(django={"warm_gate": "-1s"})
+    assert "django.warm_gate" in error_of(django={"warm_gate": "soon"})
+
+
 def test_empty_requirements_refused() -> None:
     """build.requirements = [] would make every pip install fail: refused at start."""
     assert "build.requirements" in error_of(build={"requirements": []})

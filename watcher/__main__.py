@@ -1,5 +1,5 @@
 """`python -m watcher`."""
 
-from watcher.cli import main
+from watcher.cli import entry
 
-raise SystemExit(main())
+raise SystemExit(entry())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -89,6 +90,17 @@ def version_text() -> str:
     return (f"watcher {__version__}\n"
             f"python {platform.python_version()} ({sys.executable})\n"
             f"venv installer: {uv} (build.installer default; \"pip\" uses the venv's pip)")
+
+
+def entry() -> int:
+    """The `watcher` command and `python -m watcher`: `main`, then what is left of the run is
+    frozen out of the garbage collector. Python's last collections at exit otherwise walk
+    every object the run made, about 0.15 s after a deploy, in every process; the memory
+    goes back to the system either way, and atexit handlers, thread joins and output
+    flushing happen as before."""
+    code = main()
+    gc.freeze()
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

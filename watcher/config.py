@@ -20,8 +20,9 @@ from watcher.errors import ConfigError
 __all__ = ["Config", "is_loopback", "parse_duration", "read_secret"]
 
 
-def _dur(default: float) -> Any:
-    return field(default=default, metadata={"duration": True})
+def _dur(default: float, *, zero_off: bool = False) -> Any:
+    """A duration key; `zero_off`: 0 is allowed and turns the feature off."""
+    return field(default=default, metadata={"duration": True, "zero_off": zero_off})
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ class DjangoConfig:
     check_deploy: bool = False
     timeout: float = _dur(600.0)
     migration_safety: str = "refuse"  # refuse | warn | off (DESIGN §2a)
-    warm_gate: float = _dur(1800.0)  # a warm gate waits this long for the next deploy; 0: none
+    warm_gate: float = _dur(1800.0, zero_off=True)  # a warm gate's wait for a deploy; 0: none
 
 
 @dataclass(frozen=True)
