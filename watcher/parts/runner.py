@@ -278,6 +278,9 @@ class _ExitWaiter:
 
     def __init__(self, proc: Child) -> None:
         self.proc = proc
+        # A handed-over run (parts/warm_gate.py) says it ended on this fd before its
+        # interpreter's own teardown: that teardown is not waited for (the group is killed).
+        self.ended: int | None = getattr(proc, "ended_fd", None)
         try:
             self.pidfd: int | None = os.pidfd_open(proc.pid)
         except (AttributeError, OSError):  # pragma: no cover - older kernels, other systems
@@ -288,7 +291,8 @@ class _ExitWaiter:
         if self.pidfd is None:  # pragma: no cover
             _ready([fd] if fd is not None else [], min(timeout, 0.05))
             return self.proc.poll() is not None
-        return self.pidfd in _ready([self.pidfd] if fd is None else [self.pidfd, fd], timeout)
+        exits = [self.pidfd] if self.ended is None else [self.pidfd, self.ended]
+        return bool(set(exits) & _ready(exits if fd is None else [*exits, fd], timeout))
 
     def close(self) -> None:
         if self.pidfd is not None:
