@@ -9,6 +9,8 @@ requirements' hash and the changed paths.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from pathlib import Path
 
 import structlog
@@ -17,7 +19,7 @@ from watcher.config import Config
 from watcher.engine.admission import verify_signatures
 from watcher.engine.journal import Run
 from watcher.engine.plan import Plan, PlanInput, make_plan, source_steps
-from watcher.errors import GitError
+from watcher.errors import GitError, WatcherError
 from watcher.parts import venvs
 from watcher.parts.gitsource import GitSource
 from watcher.parts.releases import Layout
@@ -39,6 +41,10 @@ class SourceSteps:
         """The source steps (fetch, export), then the whole plan, made from their result,
         and the new release's venv hash."""
         tag = run.tag
+        # The venv hash needs the build interpreter's version (a python run of ~30 ms): asked
+        # meanwhile, while git works. A failure is left to venv_hash below, which asks again.
+        ask = threading.Thread(target=_interpreter_id, args=(self.cfg.build.python,))
+        ask.start()
         have = self.git.has(sha) and (tag is None or self.git.has_tag(tag))
         fetch, *verify, export = source_steps(have, self.cfg.git.verify,
                                               live is not None)
@@ -55,6 +61,7 @@ class SourceSteps:
             how = self.git.export(sha, release, base=base if export.action == "link" else None)
             log.info("export.done", how=how)
         run.commits = self.git.commits(live.sha if live else None, sha)
+        ask.join()
         digest = venvs.venv_hash(release, self.cfg.build.requirements, self.cfg.build.python)
         return make_plan(PlanInput(
             live_sha=live.sha if live else None, live_venv=live.venv if live else None,
@@ -63,3 +70,8 @@ class SourceSteps:
             changed=self.git.changed_paths(live.sha, sha) if live else None,
             have_commit=have,
         ), self.cfg), digest
+
+
+def _interpreter_id(python: str) -> None:
+    with contextlib.suppress(WatcherError):  # cached when it works; asked again if not
+        venvs.interpreter_id(python)
