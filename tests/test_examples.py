@@ -202,13 +202,17 @@ print(json.dumps({"preload": list(conf["DJANGO_PRELOAD"]), "configured": setting
 def test_gunicorn_conf_preloads_django_but_never_the_app(conf: Path) -> None:
     """The shipped gunicorn.conf.py files import Django's own modules in the master (so a
     worker added by a rolling reload boots fast) without reading the settings or importing
-    any module of the app, and all three preload the same list."""
+    any module of the app, and all three preload the same list, the warm gate's first."""
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "mysite.settings", "PYTHONPATH": str(MYSITE)}
     res = subprocess.run([sys.executable, "-c", _PRELOAD_PROBE, str(conf)], cwd=MYSITE, env=env,
                          capture_output=True, text=True, timeout=60, check=True)
     found = json.loads(res.stdout.splitlines()[-1])
     assert found["wsgi"] and found["configured"] is False and found["app"] == []
-    assert tuple(found["preload"]) == runpy.run_path(str(GUNICORN_CONFS[0]))["DJANGO_PRELOAD"]
+    shipped = runpy.run_path(str(GUNICORN_CONFS[0]))["DJANGO_PRELOAD"]
+    assert tuple(found["preload"]) == shipped
+    # The warm gate (a file of its own too: it runs in the app's venv) starts with the list.
+    gate = runpy.run_path(str(ROOT / "watcher" / "parts" / "inrelease" / "warm_gate.py"))
+    assert gate["PRELOAD"][:len(shipped)] == shipped
 
 
 def test_watcher_toml_has_exactly_the_design_sections() -> None:
