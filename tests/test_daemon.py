@@ -309,6 +309,10 @@ def test_unreachable_remote_backs_off_and_turns_healthz_503(box: Sandbox) -> Non
             moved.rename(site.remote)
         already = len(d.named("check.unchanged"))
         d.wait_for("check.unchanged", after=already, timeout=20)
+        # The check's event is logged before the loop records its result: poll a moment.
+        deadline = time.monotonic() + 10
+        while http_get(box.port, "/healthz")[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert http_get(box.port, "/healthz")[0] == 200
         assert d.stop() == 0
 
