@@ -9,6 +9,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 from support.site import git
 
 from watcher.config import GitConfig
@@ -130,7 +131,11 @@ def test_linked_release_equals_a_full_export(repo: Repo, via_spare: bool) -> Non
     change_everything(repo)
     sha_b = repo.commit("B")
     linked, full = repo.releases / "b-linked", repo.releases / "b-full"
-    assert repo.source.export(sha_b, linked, base=(live, sha_a)) == "linked"
+    with capture_logs() as events:
+        assert repo.source.export(sha_b, linked, base=(live, sha_a)) == "linked"
+    [done] = [e for e in events if e["event"] == "export.linked"]
+    # From the spare, only the diff's paths are listed from the new tree, not all of it.
+    assert ("listed" in done) == via_spare
     repo.source.export(sha_b, full)
     assert tree(linked) == tree(full)
     assert tree(live) == before
@@ -241,12 +246,15 @@ def test_missing_or_damaged_live_release_falls_back_to_a_full_export(
     next_release_equals_full(repo, live, sha_a, how="full")
 
 
-def test_gitattributes_change_exports_in_full(repo: Repo) -> None:
+@pytest.mark.parametrize("via_spare", [False, True], ids=["linked", "from-spare"])
+def test_gitattributes_change_exports_in_full(repo: Repo, via_spare: bool) -> None:
     """A change to .gitattributes can change how unchanged blobs export (export-ignore,
     eol, export-subst), so that deploy exports in full."""
     sha_a = repo.commit("A")
     live = repo.releases / "a"
     repo.source.export(sha_a, live)
+    if via_spare:
+        spare_of(repo, live, sha_a)
     repo.write({".gitattributes": "same.txt export-ignore\n"})
     sha_b = repo.commit("B")
     out, full = repo.releases / "b", repo.releases / "b-full"
@@ -255,19 +263,39 @@ def test_gitattributes_change_exports_in_full(repo: Repo) -> None:
     assert tree(out) == tree(full) and not (out / "same.txt").exists()
 
 
-def test_export_ignored_paths_stay_out_of_a_linked_release(repo: Repo) -> None:
+@pytest.mark.parametrize("via_spare", [False, True], ids=["linked", "from-spare"])
+def test_export_ignored_paths_stay_out_of_a_linked_release(repo: Repo, via_spare: bool) -> None:
     """With an unchanged .gitattributes that export-ignores a path, a linked release still
     equals a full export (the ignored path is in neither)."""
     repo.write({".gitattributes": "secret.txt export-ignore\n", "secret.txt": "not shipped\n"})
     sha_a = repo.commit("A")
     live = repo.releases / "a"
     repo.source.export(sha_a, live)
-    repo.write({"a.txt": "next\n"})
+    if via_spare:
+        spare_of(repo, live, sha_a)
+    repo.write({"a.txt": "next\n", "secret.txt": "still not shipped\n"})
     sha_b = repo.commit("B")
     out, full = repo.releases / "b", repo.releases / "b-full"
-    repo.source.export(sha_b, out, base=(live, sha_a))
+    assert repo.source.export(sha_b, out, base=(live, sha_a)) == "linked"
     repo.source.export(sha_b, full)
     assert tree(out) == tree(full) and not (out / "secret.txt").exists()
+
+
+def test_a_spare_of_an_export_subst_tree_exports_in_full(repo: Repo) -> None:
+    """A spare remembers what its tree needs: with export-subst in an unchanged
+    .gitattributes, a one-file change still exports in full (file contents depend on the
+    commit), without listing the whole new tree."""
+    repo.write({".gitattributes": "stamp.txt export-subst\n", "stamp.txt": "$Format:%H$\n"})
+    sha_a = repo.commit("A")
+    live = repo.releases / "a"
+    repo.source.export(sha_a, live)
+    spare_of(repo, live, sha_a)
+    assert release_spare.peek(repo.releases, "a", sha_a) == release_spare.Facts(
+        len(release_tree.parse_tree(git("ls-tree", "-r", "-l", "-z", sha_a, cwd=repo.work))),
+        "export-subst: file contents depend on the commit")
+    out = next_release_equals_full(repo, live, sha_a, how="full")
+    sha_b = (out / "REVISION").read_text().strip()
+    assert (out / "stamp.txt").read_text() == sha_b + "\n"
 
 
 def test_a_spare_is_used_only_ready_and_for_its_own_live_release(repo: Repo) -> None:

@@ -221,11 +221,16 @@ class GitSource:
         if why:
             log.info("export.full", reason=why)
             return "full"
-        tree = release_tree.parse_tree(self._read("ls-tree", "-r", "-l", "-z", "--full-tree",
-                                                  sha, scratch=dest.parent))
         changed = frozenset(p for p in self._read(
             "diff", "--name-only", "--no-renames", "-z", live_sha, sha,
             scratch=dest.parent).split("\0") if p)
+        facts = release_spare.peek(dest.parent, live.name, live_sha)
+        if facts is not None and not any(release_tree.is_attributes(p) for p in changed):
+            done = self._from_spare_listed(sha, dest, live, live_sha, changed, facts)
+            if done:
+                return done
+        tree = release_tree.parse_tree(self._read("ls-tree", "-r", "-l", "-z", "--full-tree",
+                                                  sha, scratch=dest.parent))
         attrs = {path: self._read("cat-file", "blob", f"{sha}:{path}", scratch=dest.parent)
                  for path in tree if release_tree.is_attributes(path)}
         why = release_tree.needs_full(tree, changed, attrs)
@@ -251,15 +256,38 @@ class GitSource:
         log.info("export.linked", linked=len(tree) - len(write), written=len(write))
         return "linked"
 
-    def _from_spare(self, sha: str, dest: Path, live: Path, live_sha: str,
-                    tree: dict[str, tuple[str, str, int]], changed: frozenset[str]) -> bool:
-        """Build `dest` from the spare linked ahead of time from the live release
-        (parts/release_spare.py): the diff's paths removed, then written with the ones the
-        spare did not link. False when there is none ready, or it failed (dest removed)."""
+    def _from_spare_listed(self, sha: str, dest: Path, live: Path, live_sha: str,
+                           changed: frozenset[str], facts: release_spare.Facts) -> str:
+        """`_from_spare` without listing the new tree: with no `.gitattributes` in the diff
+        the new tree is the live one (whose facts the spare's builder kept) with the changed
+        paths replaced, so only those are listed. "linked", "full", or "" (no spare after
+        all: the caller lists the tree and goes on as before)."""
+        listed: dict[str, tuple[str, str, int]] = {}
+        for chunk in release_tree.chunks(sorted(changed)):
+            listed.update(release_tree.parse_tree(self._read(
+                "--literal-pathspecs", "ls-tree", "-r", "-l", "-z", "--full-tree", sha, "--",
+                *chunk, scratch=dest.parent)))
+        # needs_full's questions, answered from the live tree's facts and the listed paths
+        why = facts.full or (
+            "submodules" if any(kind != "blob" for _m, kind, _s in listed.values()) else
+            "most files changed" if len(changed) * 2 > facts.files else "")
+        if why:
+            log.info("export.full", reason=why)
+            return "full"
         unlinked = release_spare.take(dest.parent, live.name, live_sha, dest)
         if unlinked is None:
-            return False
-        write = [p for p in tree if p in changed or p in unlinked or p == "REVISION"]
+            return ""
+        write = sorted(set(listed) | (unlinked - changed))
+        if not self._fill_spare(sha, dest, changed, write):
+            return ""
+        log.info("export.linked", linked=facts.files - len(write), written=len(write),
+                 spare=True, listed=len(listed))
+        return "linked"
+
+    def _fill_spare(self, sha: str, dest: Path, changed: frozenset[str],
+                    write: list[str]) -> bool:
+        """A taken spare: the diff's paths removed, `write` written from the archive. False
+        when that failed (dest removed: the export links or goes full as before)."""
         try:
             release_spare.strip(dest, changed)
             for chunk in release_tree.chunks(write):
@@ -271,6 +299,19 @@ class GitSource:
         except BaseException:
             shutil.rmtree(dest, ignore_errors=True)
             raise
+        return True
+
+    def _from_spare(self, sha: str, dest: Path, live: Path, live_sha: str,
+                    tree: dict[str, tuple[str, str, int]], changed: frozenset[str]) -> bool:
+        """Build `dest` from the spare linked ahead of time from the live release
+        (parts/release_spare.py): the diff's paths removed, then written with the ones the
+        spare did not link. False when there is none ready, or it failed (dest removed)."""
+        unlinked = release_spare.take(dest.parent, live.name, live_sha, dest)
+        if unlinked is None:
+            return False
+        write = [p for p in tree if p in changed or p in unlinked or p == "REVISION"]
+        if not self._fill_spare(sha, dest, changed, write):
+            return False
         log.info("export.linked", linked=len(tree) - len(write), written=len(write),
                  spare=True)
         return True

@@ -5,7 +5,8 @@ second on every deploy, whatever changed. So after a deploy, off its wall time, 
 process (`python -m watcher.parts.release_spare`) links the new live release into a *spare*,
 `releases/.spare-<live release>/`, exactly as a linked export of an unchanged commit would,
 and records which paths it did not link (symlinks, REVISION, files that did not look as git
-says) in `releases/.spare-<live release>.json`, written last. The next deploy from that
+says), with the size of the live tree and why it would export in full (`Facts`), in
+`releases/.spare-<live release>.json`, written last. The next deploy from that
 live release takes the spare by renaming it to the new release's name, removes the paths
 the diff names, and writes only those, and the ones the spare did not link, from the
 archive: a cost in proportion to the change.
@@ -30,6 +31,7 @@ import stat
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from watcher.parts import release_tree
@@ -71,18 +73,48 @@ def build(mirror: Path, releases: Path, live_name: str, live_sha: str) -> bool:
         _clear(releases)
         if release_tree.unusable(live, live_sha):
             return False
-        tree = release_tree.parse_tree(subprocess.run(
-            ["git", "-C", str(mirror), "ls-tree", "-r", "-l", "-z", "--full-tree", live_sha],
-            capture_output=True, check=True, timeout=120,
-        ).stdout.decode("utf-8", "surrogateescape"))
+        tree = release_tree.parse_tree(_git(mirror, "ls-tree", "-r", "-l", "-z", "--full-tree",
+                                            live_sha))
+        attrs = {path: _git(mirror, "cat-file", "blob", f"{live_sha}:{path}")
+                 for path in tree if release_tree.is_attributes(path)}
         spare, marker = paths(releases, live_name)
         spare.mkdir()
         unlinked, made = release_tree.link_unchanged(tree, frozenset(), live, spare)
         release_tree.copy_dir_modes(live, spare, made)
         ready = marker.with_suffix(".tmp")
-        write_new(ready, json.dumps({"sha": live_sha, "unlinked": unlinked}).encode())
+        write_new(ready, json.dumps({"sha": live_sha, "unlinked": unlinked, "files": len(tree),
+                                     "full": release_tree.needs_full(tree, frozenset(), attrs)
+                                     }).encode())
         os.replace(ready, marker)
         return True
+
+
+def _git(mirror: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(mirror), *args], capture_output=True, check=True,
+                          timeout=120).stdout.decode("utf-8", "surrogateescape")
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the spare's builder found in the live commit's tree, so a deploy whose diff
+    leaves every `.gitattributes` alone need not list the whole new tree (most of it is
+    the live one): its size, and why it must export in full even unchanged ("" if not:
+    submodules, export-subst)."""
+
+    files: int
+    full: str
+
+
+def peek(releases: Path, live_name: str, live_sha: str) -> Facts | None:
+    """The facts of the spare of `live_name` when one looks ready (`take` decides)."""
+    _, marker = paths(releases, live_name)
+    try:
+        data = json.loads(marker.read_text(encoding="utf-8"))
+        if data.get("sha") != live_sha:
+            return None
+        return Facts(int(data["files"]), str(data["full"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def take(releases: Path, live_name: str, live_sha: str, dest: Path) -> set[str] | None:
