@@ -133,7 +133,7 @@ def _section(cls: type, name: str, table: dict[str, Any], path: Path) -> Any:
             continue
         is_duration = bool(f.metadata.get("duration"))
         kwargs[fname] = convert(table[fname], hints[fname], where, is_duration)
-        if is_duration and kwargs[fname] <= 0 and not (f.metadata["zero_off"]
+        if is_duration and kwargs[fname] <= 0 and not (f.metadata.get("zero_off")
                                                        and kwargs[fname] == 0):
             raise ConfigError(f"{where} must be more than 0 seconds")
         if is_duration:

@@ -226,7 +226,7 @@ class GitSource:
             scratch=dest.parent).split("\0") if p)
         facts = release_spare.peek(dest.parent, live.name, live_sha)
         if facts is not None and not any(release_tree.is_attributes(p) for p in changed):
-            done = self._from_spare_listed(sha, dest, live, live_sha, changed, facts)
+            done = self._from_spare(sha, dest, live, live_sha, changed, facts)
             if done:
                 return done
         tree = release_tree.parse_tree(self._read("ls-tree", "-r", "-l", "-z", "--full-tree",
@@ -237,8 +237,6 @@ class GitSource:
         if why:
             log.info("export.full", reason=why)
             return "full"
-        if self._from_spare(sha, dest, live, live_sha, tree, changed):
-            return "linked"
         dest.mkdir(parents=True)
         try:
             write, made = release_tree.link_unchanged(tree, changed, live, dest)
@@ -256,12 +254,14 @@ class GitSource:
         log.info("export.linked", linked=len(tree) - len(write), written=len(write))
         return "linked"
 
-    def _from_spare_listed(self, sha: str, dest: Path, live: Path, live_sha: str,
-                           changed: frozenset[str], facts: release_spare.Facts) -> str:
-        """`_from_spare` without listing the new tree: with no `.gitattributes` in the diff
-        the new tree is the live one (whose facts the spare's builder kept) with the changed
-        paths replaced, so only those are listed. "linked", "full", or "" (no spare after
-        all: the caller lists the tree and goes on as before)."""
+    def _from_spare(self, sha: str, dest: Path, live: Path, live_sha: str,
+                    changed: frozenset[str], facts: release_spare.Facts) -> str:
+        """Build `dest` from the spare linked ahead of time from the live release
+        (parts/release_spare.py): the diff's paths removed, then written with the ones the
+        spare did not link. With no `.gitattributes` in the diff the new tree is the live
+        one (whose facts the spare's builder kept) with the changed paths replaced, so only
+        those are listed. "linked", "full", or "" (no spare after all, or it failed: dest
+        removed, the caller lists the tree and links from the live release)."""
         listed: dict[str, tuple[str, str, int]] = {}
         for chunk in release_tree.chunks(sorted(changed)):
             listed.update(release_tree.parse_tree(self._read(
@@ -278,16 +278,6 @@ class GitSource:
         if unlinked is None:
             return ""
         write = sorted(set(listed) | (unlinked - changed))
-        if not self._fill_spare(sha, dest, changed, write):
-            return ""
-        log.info("export.linked", linked=facts.files - len(write), written=len(write),
-                 spare=True, listed=len(listed))
-        return "linked"
-
-    def _fill_spare(self, sha: str, dest: Path, changed: frozenset[str],
-                    write: list[str]) -> bool:
-        """A taken spare: the diff's paths removed, `write` written from the archive. False
-        when that failed (dest removed: the export links or goes full as before)."""
         try:
             release_spare.strip(dest, changed)
             for chunk in release_tree.chunks(write):
@@ -295,26 +285,13 @@ class GitSource:
         except (OSError, tarfile.TarError, StepFailed) as exc:
             shutil.rmtree(dest, ignore_errors=True)
             log.warning("export.spare_failed", error=str(exc))
-            return False
+            return ""
         except BaseException:
             shutil.rmtree(dest, ignore_errors=True)
             raise
-        return True
-
-    def _from_spare(self, sha: str, dest: Path, live: Path, live_sha: str,
-                    tree: dict[str, tuple[str, str, int]], changed: frozenset[str]) -> bool:
-        """Build `dest` from the spare linked ahead of time from the live release
-        (parts/release_spare.py): the diff's paths removed, then written with the ones the
-        spare did not link. False when there is none ready, or it failed (dest removed)."""
-        unlinked = release_spare.take(dest.parent, live.name, live_sha, dest)
-        if unlinked is None:
-            return False
-        write = [p for p in tree if p in changed or p in unlinked or p == "REVISION"]
-        if not self._fill_spare(sha, dest, changed, write):
-            return False
-        log.info("export.linked", linked=len(tree) - len(write), written=len(write),
-                 spare=True)
-        return True
+        log.info("export.linked", linked=facts.files - len(write), written=len(write),
+                 spare=True, listed=len(listed))
+        return "linked"
 
     def spare_later(self, releases: Path, live_name: str, live_sha: str) -> None:
         """After a deploy: link the new live release into the next one's base, in a detached

@@ -27,6 +27,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from watcher.parts.runner import proc_stat
+
 HEARTBEAT = "wgunicorn-"
 
 
@@ -69,7 +71,8 @@ def children(master_pid: int, proc: Path = Path("/proc")) -> list[Worker] | None
     found, starts = [], []
     for pid in pids:
         own = set(_heartbeats(proc / str(pid)) or ()) & set(ours or ())
-        start = _start_time(proc / str(pid))
+        stat = proc_stat(pid, proc)
+        start = int(stat.start) if stat else None
         if len(own) != 1 or start is None:
             return None
         found.append(Worker(pid, own.pop()))
@@ -107,12 +110,6 @@ def _heartbeats(pid_dir: Path) -> dict[tuple[int, int], os.stat_result] | None:
     return beats
 
 
-def _start_time(pid_dir: Path) -> int | None:
-    """When the process started, in clock ticks since boot (field 22 of /proc/<pid>/stat)."""
-    try:
-        return int((pid_dir / "stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def dir_gone(master_pid: int, proc: Path = Path("/proc")) -> bool:

@@ -13,18 +13,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from watcher.parts.runner import proc_stat
+
 PROC = Path("/proc")
 Snapshot = frozenset[tuple[int, str]]  # (pid, start time in clock ticks since boot)
 
 
 def _stat(pid: str) -> tuple[int, str] | None:
     """(parent pid, start time), or None when the process is gone."""
-    try:
-        text = (PROC / pid / "stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2:].split()  # the command name may hold spaces
-    return int(fields[1]), fields[19]
+    found = proc_stat(int(pid), PROC)
+    return (found.ppid, found.start) if found else None
 
 
 def children(parents: set[int]) -> Snapshot:

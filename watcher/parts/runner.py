@@ -94,13 +94,30 @@ def reap_orphans(directory: Path) -> list[int]:
     return killed
 
 
-def _start_time(pid: int) -> str | None:
-    """Field 22 of /proc/<pid>/stat: tells a process from a later one that reused its pid."""
+@dataclass(frozen=True)
+class ProcStat:
+    """What /proc/<pid>/stat tells of a process: its state letter (Z: a zombie), its parent,
+    and its start time in clock ticks since boot (field 22), which tells it from a later
+    process that reused its pid."""
+
+    state: str
+    ppid: int
+    start: str
+
+
+def proc_stat(pid: int, proc: Path = Path("/proc")) -> ProcStat | None:
+    """None once the process is gone (or /proc does not show it)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        text = (proc / str(pid) / "stat").read_text()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[-1].split()[19]
+    fields = text[text.rindex(")") + 2:].split()  # the command name may hold spaces
+    return ProcStat(fields[0], int(fields[1]), fields[19])
+
+
+def _start_time(pid: int) -> str | None:
+    found = proc_stat(pid)
+    return found.start if found else None
 
 
 def _record_child(pid: int) -> Path | None:

@@ -39,6 +39,7 @@ from typing import IO
 import structlog
 
 from watcher.parts import fs
+from watcher.parts.runner import proc_stat
 
 log = structlog.get_logger()
 SCRIPT = Path(__file__).resolve().parent / "inrelease" / "warm_gate.py"
@@ -77,13 +78,10 @@ def _alive(record: _Record) -> bool:
 
 
 def _start_time(pid: int) -> str | None:
-    """Field 22 of /proc/<pid>/stat (tells a gate from a later process with its pid); None
-    for a process gone or a zombie."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
-    except OSError:
-        return None
-    return None if fields[0] == "Z" else fields[19]
+    """The start time of a running process (tells a gate from a later process with its
+    pid); None for a process gone or a zombie."""
+    found = proc_stat(pid)
+    return found.start if found and found.state != "Z" else None
 
 
 def start_later(state_dir: Path, python: Path, marker: Path, env: Mapping[str, str],
