@@ -195,5 +195,6 @@ def test_a_second_start_leaves_a_waiting_gate_alone(release: Release) -> None:
     warm_gate.stop(release.gates)
     assert until(lambda: not running(pid), 5)
     release.django(warm=0).warm_later(Path(sys.prefix), release.marker)
-    assert warm_gate._read(release.gates) is not None  # the old record, nothing new started
+    record = warm_gate._read(release.gates)
+    assert record is not None and record.pid == pid  # the old record: nothing new started
     assert not (release.gates / warm_gate.SOCKET).exists()
