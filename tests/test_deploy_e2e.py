@@ -23,7 +23,17 @@ from typing import Any
 
 import pytest
 from support.fixtures import run_cli
-from support.site import TOKEN, Site, git, log_events, settled, spare_ready, tail
+from support.site import (
+    TOKEN,
+    Site,
+    git,
+    leftovers,
+    log_events,
+    settled,
+    spare_ready,
+    tail,
+    trash_emptied,
+)
 
 import watcher
 
@@ -397,6 +407,8 @@ def test_pruning_keeps_live_previous_and_used_venvs_only(day: Day) -> None:
     assert day.deployed[-2] in names  # the previous one, the rollback target
     assert day.deployed[0] not in names
     used = {venv_of(site, n) for n in names}
+    # pruned venvs are renamed to `.trash-*` and deleted by a child that outlives `--once`
+    assert trash_emptied(site.root), leftovers(site.root)
     assert set(os.listdir(site.root / "venvs")) == used
     assert day.seen["first_venv"] not in used
     assert set(site.state()["releases"]) <= set(names)

@@ -189,6 +189,21 @@ def proc_cmdline(pid: int) -> list[str]:
     return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
+def openers(path: Path) -> list[tuple[int, list[str]]]:
+    """The processes with `path` open (pid, argv): who keeps an flock on it alive."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            links = [os.readlink(fd) for fd in (entry / "fd").iterdir()]
+        except OSError:
+            continue
+        if str(path) in links:
+            found.append((int(entry.name), proc_cmdline(int(entry.name))))
+    return found
+
+
 def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
