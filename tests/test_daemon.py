@@ -3,6 +3,7 @@ the lock, an unreachable remote, /healthz and /metrics (DESIGN §5, §6)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -32,6 +33,13 @@ from watcher.parts import lock
 
 SECRET = "canary-hook-secret-d41e7"
 SLOW_HOOK = '[["sleep", "3"]]'
+
+
+def held_hook(flag: Path) -> str:
+    """A pre_switch hook that holds the deploy until the test creates `flag` (60 s at most):
+    what a test does "during a deploy" then never races a hook's fixed length on busy cores."""
+    wait = f'for i in $(seq 600); do [ -e "{flag}" ] && exit 0; sleep 0.1; done; exit 1'
+    return json.dumps([["sh", "-c", wait]])
 NOW = {"git_interval": "60s"}  # only hints start a check after the first one
 
 pytestmark = pytest.mark.slow
@@ -130,13 +138,15 @@ def test_metrics_show_checks_deploys_and_live_revision(box: Sandbox) -> None:
 
 
 def test_hints_during_a_slow_deploy_coalesce_into_one_check(box: Sandbox) -> None:
-    """20 webhooks during a deploy (a 3 s pre_switch hook) lead to one follow-up check."""
-    with box.daemon(**NOW, hooks_pre_switch=SLOW_HOOK) as d:
+    """20 webhooks during a deploy (held in pre_switch) lead to one follow-up check."""
+    flag = box.site.base / "coalesced"
+    with box.daemon(**NOW, hooks_pre_switch=held_hook(flag)) as d:
         sha = code_change(box.site, "coalesce")
         d.signal(signal.SIGUSR1)
         d.wait_step("pre_switch")
         statuses = [post_github_push(box.port, SECRET, sha) for _ in range(20)]
         assert statuses == [202] * 20
+        flag.touch()
         finished = d.wait_for("deploy.finished")
         assert finished["outcome"] == "succeeded"
         d.wait_for("check.unchanged", after=1)  # the follow-up
@@ -178,7 +188,8 @@ def test_sigusr1_causes_a_check(box: Sandbox) -> None:
 
 def test_once_during_a_daemon_deploy_names_the_lock_holder(box: Sandbox) -> None:
     """A `watcher --once` while the daemon deploys exits 3 and says which pid holds the lock."""
-    with box.daemon(**NOW, hooks_pre_switch=SLOW_HOOK) as d:
+    flag = box.site.base / "unlocked"
+    with box.daemon(**NOW, hooks_pre_switch=held_hook(flag)) as d:
         code_change(box.site, "locked")
         d.signal(signal.SIGUSR1)
         d.wait_step("pre_switch")
@@ -187,6 +198,7 @@ def test_once_during_a_daemon_deploy_names_the_lock_holder(box: Sandbox) -> None
         assert f"pid {d.pid}" in second.stderr
         status = box.site.watcher("status", "--json")
         assert f'"lock_holder": {d.pid}' in status.stdout
+        flag.touch()
         assert d.wait_for("deploy.finished")["outcome"] == "succeeded"
         assert d.stop() == 0
 
