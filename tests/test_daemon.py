@@ -33,6 +33,9 @@ from watcher.parts import lock
 
 SECRET = "canary-hook-secret-d41e7"
 SLOW_HOOK = '[["sleep", "3"]]'
+NOW = {"git_interval": "60s"}  # only hints start a check after the first one
+
+pytestmark = pytest.mark.slow
 
 
 def held_hook(flag: Path) -> str:
@@ -40,9 +43,6 @@ def held_hook(flag: Path) -> str:
     what a test does "during a deploy" then never races a hook's fixed length on busy cores."""
     wait = f'for i in $(seq 600); do [ -e "{flag}" ] && exit 0; sleep 0.1; done; exit 1'
     return json.dumps([["sh", "-c", wait]])
-NOW = {"git_interval": "60s"}  # only hints start a check after the first one
-
-pytestmark = pytest.mark.slow
 
 
 class Sandbox:
