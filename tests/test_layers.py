@@ -16,19 +16,21 @@ import pytest
 
 PACKAGE = Path(__file__).parents[1] / "watcher"
 LAYERS = ("engine", "parts", "delivery", "daemon")
-SHARED_PARTS = frozenset({"watcher.parts.runner", "watcher.parts.fs"})
+SHARED_PARTS = frozenset({"watcher.parts.runner", "watcher.parts.fs", "watcher.parts.procs"})
 # Modules split out of one part, imported by that part alone (the engine may read them too):
 # release_tree (how exports land in a release), django_findings (what a release's Django
 # reports), supervisor_link (the XML-RPC wire), run_failure (how a failed command is told)
 # venv_bytecode (bytecode a new venv borrows from the live one) and release_spare (the next
-# release's base, linked ahead of time), warm_gate (a Django boot started ahead of time).
+# release's base, linked ahead of time), warm_gate (a Django boot started ahead of time),
+# orphans (the records of the runner's children that a killed watcher leaves).
 OWNED_PARTS = {"watcher.parts.release_tree": "watcher.parts.gitsource",
                "watcher.parts.django_findings": "watcher.parts.django_steps",
                "watcher.parts.supervisor_link": "watcher.parts.supervisor_rpc",
                "watcher.parts.run_failure": "watcher.parts.runner",
                "watcher.parts.venv_bytecode": "watcher.parts.venvs",
                "watcher.parts.release_spare": "watcher.parts.gitsource",
-               "watcher.parts.warm_gate": "watcher.parts.django_steps"}
+               "watcher.parts.warm_gate": "watcher.parts.django_steps",
+               "watcher.parts.orphans": "watcher.parts.runner"}
 BASE = frozenset({"watcher", "watcher.errors", "watcher.kinds", "watcher.log",
                   "watcher.config", "watcher.config_load", "watcher.config_checks",
                   "watcher.config_values"})

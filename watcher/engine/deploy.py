@@ -36,7 +36,7 @@ from watcher.errors import (
     TransientError,
     WatcherError,
 )
-from watcher.parts import fs, lock, releases, runner, venvs
+from watcher.parts import fs, lock, orphans, releases, venvs
 from watcher.parts.django_steps import Django
 from watcher.parts.gitsource import GitSource
 from watcher.parts.releases import Layout
@@ -83,7 +83,7 @@ class Deployer:
         """The lock held, children recorded, the state loaded and any crash cleaned up."""
         self.layout.prepare()
         with lock.acquire(self.lock_path, wait=lock_wait), \
-                runner.tracking_children(self.layout.state_dir / "children"):
+                orphans.tracking_children(self.layout.state_dir / "children"):
             state = self.state_file.load()
             recover(self.cfg, self.layout, self.switcher, self.journal, state)
             yield state

@@ -18,7 +18,7 @@ from watcher.engine.journal import Journal
 from watcher.engine.plan import go_live_steps, reload_mode
 from watcher.engine.steps import StepLog
 from watcher.errors import WatcherError
-from watcher.parts import fs, releases, runner, venvs
+from watcher.parts import fs, orphans, releases, venvs
 from watcher.parts.django_steps import Django
 from watcher.parts.release_spare import PREFIX as SPARE
 from watcher.parts.releases import Layout
@@ -31,7 +31,7 @@ def recover(cfg: Config, layout: Layout, switcher: Switcher, journal: Journal,
             state: State) -> None:
     # A watcher killed with SIGKILL leaves its children (pip, migrate, a hook) running in
     # their own sessions, still writing into a release or venv: end them first.
-    for pid in runner.reap_orphans(layout.state_dir / "children"):
+    for pid in orphans.reap_orphans(layout.state_dir / "children"):
         log.warning("recover.killed_orphan", pid=pid)
     for stray in layout.root.glob(".current-*"):
         stray.unlink(missing_ok=True)

@@ -27,7 +27,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from watcher.parts.runner import proc_stat
+from watcher.parts.procs import proc_stat
 
 HEARTBEAT = "wgunicorn-"
 

@@ -1,6 +1,7 @@
-"""Processes as Linux's /proc shows them: the workers of a Gunicorn master taken before a
-reload, and when they are all gone, so step 12b can wait until the old code no longer
-serves (DESIGN 2a).
+"""Processes as Linux's /proc shows them: what one process's stat line says (`proc_stat`,
+for the runner, the warm gate and the Gunicorn master's workers), the workers of a Gunicorn
+master taken before a reload, and when they are all gone, so step 12b can wait until the
+old code no longer serves (DESIGN 2a).
 
 After a HUP, Gunicorn's master forks new workers and lets the old ones finish the requests
 they hold (up to its graceful_timeout). The children a master had before the reload are the
@@ -11,12 +12,32 @@ its pid and start time, so a reused pid is not mistaken for an old worker.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
-
-from watcher.parts.runner import proc_stat
 
 PROC = Path("/proc")
 Snapshot = frozenset[tuple[int, str]]  # (pid, start time in clock ticks since boot)
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    """What /proc/<pid>/stat tells of a process: its state letter (Z: a zombie), its parent,
+    and its start time in clock ticks since boot (field 22), which tells it from a later
+    process that reused its pid."""
+
+    state: str
+    ppid: int
+    start: str
+
+
+def proc_stat(pid: int, proc: Path = PROC) -> ProcStat | None:
+    """None once the process is gone (or /proc does not show it)."""
+    try:
+        text = (proc / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2:].split()  # the command name may hold spaces
+    return ProcStat(fields[0], int(fields[1]), fields[19])
 
 
 def _stat(pid: str) -> tuple[int, str] | None:

@@ -4,14 +4,13 @@ scrubbed before anything is logged or reported. Long steps log a progress line n
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import os
 import select
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
@@ -20,6 +19,7 @@ import structlog
 
 from watcher.errors import Interrupted, StepFailed
 from watcher.log import scrub
+from watcher.parts.orphans import record_child
 from watcher.parts.run_failure import failure
 
 TAIL_LINES = 60
@@ -64,77 +64,6 @@ class Child(Protocol):
 # Given argv, cwd and environment: a Child already running them, or None to start them here.
 Handoff = Callable[[Sequence[str], Path, Mapping[str, str]], Child | None]
 
-_CHILDREN: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
-    "watcher_children", default=None)
-
-
-@contextlib.contextmanager
-def tracking_children(directory: Path) -> Iterator[None]:
-    """Record each child started in this block as a file `<directory>/<pid>` holding its
-    start time, removed when it ends; what a SIGKILL leaves is found by `reap_orphans`."""
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    token = _CHILDREN.set(directory)
-    try:
-        yield
-    finally:
-        _CHILDREN.reset(token)
-
-
-def reap_orphans(directory: Path) -> list[int]:
-    """Kill the process groups of children recorded by a process that is gone."""
-    killed: list[int] = []
-    if not directory.is_dir():
-        return killed
-    for marker in directory.iterdir():
-        if marker.name.isdigit() and _start_time(int(marker.name)) == marker.read_text():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(int(marker.name), signal.SIGKILL)  # the child leads its own group
-                killed.append(int(marker.name))
-        marker.unlink(missing_ok=True)
-    return killed
-
-
-@dataclass(frozen=True)
-class ProcStat:
-    """What /proc/<pid>/stat tells of a process: its state letter (Z: a zombie), its parent,
-    and its start time in clock ticks since boot (field 22), which tells it from a later
-    process that reused its pid."""
-
-    state: str
-    ppid: int
-    start: str
-
-
-def proc_stat(pid: int, proc: Path = Path("/proc")) -> ProcStat | None:
-    """None once the process is gone (or /proc does not show it)."""
-    try:
-        text = (proc / str(pid) / "stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2:].split()  # the command name may hold spaces
-    return ProcStat(fields[0], int(fields[1]), fields[19])
-
-
-def _start_time(pid: int) -> str | None:
-    found = proc_stat(pid)
-    return found.start if found else None
-
-
-def _record_child(pid: int) -> Path | None:
-    directory = _CHILDREN.get()
-    if directory is None:
-        return None
-    marker = directory / str(pid)
-    with contextlib.suppress(OSError):
-        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, (_start_time(pid) or "").encode())
-        finally:
-            os.close(fd)
-        return marker
-    return None
-
-
 def tail(text: str) -> str:
     lines = text.splitlines()[-TAIL_LINES:]
     return "\n".join(lines)[-TAIL_CHARS:]
@@ -174,7 +103,7 @@ def run(
         proc = handoff(argv, cwd, dict(env) if env is not None else dict(os.environ))
     if proc is None:
         proc = _start(argv, step, cwd, env, out_file)
-    marker = _record_child(proc.pid)
+    marker = record_child(proc.pid)
     stream = proc.stderr if out_file else proc.stdout
     if stream is None:  # pragma: no cover - Popen always gives a pipe here
         raise RuntimeError("no output pipe")

@@ -17,7 +17,7 @@ means a cold run, never a failed step.
 
 Crash points: a kill of watcher before the hand-off leaves the gate waiting (the next deploy
 uses it); after it, the gate's pid is in `.watcher/children/` like any step's child, and the
-next start kills it (`runner.reap_orphans`). A gate nobody uses exits after
+next start kills it (`orphans.reap_orphans`). A gate nobody uses exits after
 `django.warm_gate` idle, or within seconds when its venv or its socket goes.
 """
 
@@ -39,7 +39,7 @@ from typing import IO
 import structlog
 
 from watcher.parts import fs
-from watcher.parts.runner import proc_stat
+from watcher.parts.procs import proc_stat
 
 log = structlog.get_logger()
 SCRIPT = Path(__file__).resolve().parent / "inrelease" / "warm_gate.py"
