@@ -72,7 +72,7 @@ def commit_and_push(work: Path, files: dict[str, str | None], message: str) -> s
 
 class Site:
     def __init__(self, keep_releases: int = 3, extra_config: str = "",
-                 health_timeout: str = "20s", workers: int = 2) -> None:
+                 health_timeout: str = "20s", workers: int = 2, startsecs: int = 1) -> None:
         # Short paths: unix socket names are limited to ~107 bytes.
         self.base = Path(tempfile.mkdtemp(prefix="ws", dir="/tmp"))
         self.remote, self.work = make_remote(self.base)
@@ -85,7 +85,7 @@ class Site:
         self.sv = SupervisordProcess(self.base / "sv", {"mysite": (
             f"command={cur}/.venv/bin/gunicorn --chdir {cur} -c {cur}/gunicorn.conf.py\n"
             f'environment=GUNICORN_BIND="127.0.0.1:{self.port}",GUNICORN_WORKERS="{workers}"\n'
-            "autostart=false\nautorestart=true\nstartsecs=1\nstartretries=1\n"
+            f"autostart=false\nautorestart=true\nstartsecs={startsecs}\nstartretries=1\n"
             "stopsignal=TERM\nstopwaitsecs=25\nstopasgroup=true\nkillasgroup=true\n"
         )}).start()
         self.config = self.base / "watcher.toml"
