@@ -93,10 +93,11 @@ def start_later(state_dir: Path, python: Path, marker: Path, env: Mapping[str, s
             return
         stop(state_dir)
     proc = subprocess.Popen(  # nothing waits for it, on purpose (it outlives --once)
-        [str(python), str(SCRIPT), str(state_dir / SOCKET), gate_key, f"{idle_s:g}",
-         str(marker)], cwd="/", env=dict(env), stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True,
-        start_new_session=True)
+        [str(python), str(SCRIPT), str(state_dir / SOCKET), f"{idle_s:g}", str(marker)],
+        cwd="/", env=dict(env), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, close_fds=True, start_new_session=True)
+    with contextlib.suppress(OSError), proc.stdin as key_pipe:  # type: ignore[union-attr]
+        key_pipe.write(gate_key.encode() + b"\n")  # a pipe's buffer holds it: never blocks
     start = _start_time(proc.pid)
     if start is None:
         return  # gone already (a venv that cannot run it): the next gate runs cold

@@ -2,8 +2,10 @@
 run the next deploy's gate (`manage.py shell -c ...`) in a release of that venv.
 
 Started detached by watcher after a deploy (`watcher.parts.warm_gate`), under the venv's own
-python: `python warm_gate.py SOCKET KEY IDLE_S MARKER`. Stdlib only; it never imports
-watcher, and the app's modules only once it is told which release to run.
+python: `python warm_gate.py SOCKET IDLE_S MARKER`, its KEY the first line of its stdin (a
+digest of the environment, which holds secrets: kept off the command line `ps` shows). Stdlib
+only; it never imports watcher, and the app's modules only once it is told which release to
+run.
 
 1. It imports Django's modules that need no settings (the list shipped in gunicorn.conf.py
    plus the management commands the gate runs), then listens on SOCKET (a temp name renamed
@@ -151,4 +153,4 @@ def report_exit(conn: socket.socket, ended: list[int]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4])
+    main(sys.argv[1], sys.stdin.readline().strip(), float(sys.argv[2]), sys.argv[3])
