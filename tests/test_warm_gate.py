@@ -21,7 +21,7 @@ from support.site import EXAMPLE
 
 from watcher.config import DjangoConfig
 from watcher.errors import StepFailed
-from watcher.parts import warm_gate
+from watcher.parts import procs, warm_gate
 from watcher.parts.django_steps import Django
 
 
@@ -58,7 +58,7 @@ def until(cond: Callable[[], bool], seconds: float) -> bool:
 
 
 def running(pid: int) -> bool:
-    return warm_gate._start_time(pid) is not None
+    return procs.start_time(pid, running=True) is not None
 
 
 @pytest.fixture()

@@ -110,8 +110,6 @@ def _heartbeats(pid_dir: Path) -> dict[tuple[int, int], os.stat_result] | None:
     return beats
 
 
-
-
 def dir_gone(master_pid: int, proc: Path = Path("/proc")) -> bool:
     """Whether the master's working directory was deleted: the release it was started in,
     pruned since (rolling reloads never move the master). Gunicorn's HUP then fails: it

@@ -12,7 +12,7 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
-from watcher.parts.procs import proc_stat
+from watcher.parts.procs import start_time
 
 _CHILDREN: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
     "watcher_children", default=None)
@@ -36,7 +36,7 @@ def reap_orphans(directory: Path) -> list[int]:
     if not directory.is_dir():
         return killed
     for marker in directory.iterdir():
-        if marker.name.isdigit() and _start_time(int(marker.name)) == marker.read_text():
+        if marker.name.isdigit() and start_time(int(marker.name)) == marker.read_text():
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(int(marker.name), signal.SIGKILL)  # the child leads its own group
                 killed.append(int(marker.name))
@@ -54,13 +54,8 @@ def record_child(pid: int) -> Path | None:
     with contextlib.suppress(OSError):
         fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.write(fd, (_start_time(pid) or "").encode())
+            os.write(fd, (start_time(pid) or "").encode())
         finally:
             os.close(fd)
         return marker
     return None
-
-
-def _start_time(pid: int) -> str | None:
-    found = proc_stat(pid)
-    return found.start if found else None

@@ -40,6 +40,15 @@ def proc_stat(pid: int, proc: Path = PROC) -> ProcStat | None:
     return ProcStat(fields[0], int(fields[1]), fields[19])
 
 
+def start_time(pid: int, *, running: bool = False) -> str | None:
+    """The start time that tells `pid` from a later process with its number; None once it
+    is gone (and, with `running`, while it is a zombie)."""
+    found = proc_stat(pid)
+    if found is None or (running and found.state == "Z"):
+        return None
+    return found.start
+
+
 def _stat(pid: str) -> tuple[int, str] | None:
     """(parent pid, start time), or None when the process is gone."""
     found = proc_stat(int(pid), PROC)

@@ -39,7 +39,7 @@ from typing import IO
 import structlog
 
 from watcher.parts import fs
-from watcher.parts.procs import proc_stat
+from watcher.parts.procs import start_time
 
 log = structlog.get_logger()
 SCRIPT = Path(__file__).resolve().parent / "inrelease" / "warm_gate.py"
@@ -74,14 +74,7 @@ def _read(state_dir: Path) -> _Record | None:
 
 
 def _alive(record: _Record) -> bool:
-    return _start_time(record.pid) == record.start
-
-
-def _start_time(pid: int) -> str | None:
-    """The start time of a running process (tells a gate from a later process with its
-    pid); None for a process gone or a zombie."""
-    found = proc_stat(pid)
-    return found.start if found and found.state != "Z" else None
+    return start_time(record.pid, running=True) == record.start
 
 
 def start_later(state_dir: Path, python: Path, marker: Path, env: Mapping[str, str],
@@ -98,7 +91,7 @@ def start_later(state_dir: Path, python: Path, marker: Path, env: Mapping[str, s
         stderr=subprocess.DEVNULL, close_fds=True, start_new_session=True)
     with contextlib.suppress(OSError), proc.stdin as key_pipe:  # type: ignore[union-attr]
         key_pipe.write(gate_key.encode() + b"\n")  # a pipe's buffer holds it: never blocks
-    start = _start_time(proc.pid)
+    start = start_time(proc.pid, running=True)
     if start is None:
         return  # gone already (a venv that cannot run it): the next gate runs cold
     fs.write_new(state_dir / RECORD, json.dumps(
@@ -125,7 +118,7 @@ def _gone(pid: int, within: float = 1.0) -> None:
             if os.waitpid(pid, os.WNOHANG)[0]:
                 return
         except ChildProcessError:  # not ours (a `--once` before us started it)
-            if _start_time(pid) is None:
+            if start_time(pid, running=True) is None:
                 return
         time.sleep(0.01)
 
@@ -146,7 +139,7 @@ class Handed:
         self.returncode: int | None = None
 
     def poll(self) -> int | None:
-        if self.returncode is None and _start_time(self.pid) is None:
+        if self.returncode is None and start_time(self.pid, running=True) is None:
             self._collect()
         return self.returncode
 
